@@ -1,0 +1,163 @@
+"""The ``app`` command: run, migrate and operate pgfirst.
+
+app dev                 embedded Postgres (unless DATABASE_URL), migrate, serve with reload
+app serve               production server (no reload; WEB_CONCURRENCY workers)
+app worker              run jobs (arrives with the job queue)
+app migrate             alembic upgrade head
+app db url|stop|psql    the database in use
+app signals             the scaling advisor (arrives with the signals module)
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from app.config import PROJECT_ROOT, Settings, SettingsError, get_settings
+
+cli = typer.Typer(
+    name="app",
+    help="pgfirst: a Postgres-only backend. Every command reads its settings from env vars.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+db_cli = typer.Typer(help="The database in use: its URL, and the embedded server.")
+cli.add_typer(db_cli, name="db")
+err = Console(stderr=True)
+
+
+def main() -> None:
+    try:
+        cli()
+    except SettingsError as exc:
+        err.print(f"[red]{exc}[/red]")
+        sys.exit(2)
+
+
+def _settings() -> Settings:
+    return get_settings()
+
+
+def _database_url(settings: Settings) -> str:
+    from app.db.urls import resolve_database_url
+
+    return resolve_database_url(settings)
+
+
+@cli.command()
+def dev(
+    port: Annotated[int, typer.Option(envvar="PORT", help="HTTP port.")] = 8000,
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+) -> None:
+    """Development: embedded Postgres unless DATABASE_URL, migrate, serve with reload."""
+    os.environ.setdefault("LOG_FORMAT", "console")
+    settings = _settings()
+    dsn = _database_url(settings)
+    # The reloader's child processes read their settings anew; hand them the resolved DSN.
+    os.environ["DATABASE_URL"] = dsn
+    _migrate(dsn)
+    if settings.database_url is None:
+        err.print("[dim]embedded PostgreSQL keeps running after exit; `app db stop` stops it[/]")
+    import uvicorn
+
+    uvicorn.run(
+        "app.main:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        reload=True,
+        reload_dirs=[str(PROJECT_ROOT / "app")],
+        log_config=None,
+    )
+
+
+@cli.command()
+def serve() -> None:
+    """Production server: HOST, PORT, WEB_CONCURRENCY workers, proxy headers trusted from
+    FORWARDED_ALLOW_IPS. Run `app migrate` first (fly.toml's release_command does)."""
+    settings = _settings()
+    os.environ["DATABASE_URL"] = _database_url(settings)
+    import uvicorn
+
+    uvicorn.run(
+        "app.main:create_app",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.web_concurrency,
+        proxy_headers=True,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
+        timeout_graceful_shutdown=30,
+        log_config=None,
+    )
+
+
+@cli.command()
+def worker(
+    queues: Annotated[str | None, typer.Option(help="Comma-separated queues.")] = None,
+    concurrency: Annotated[int, typer.Option(help="Jobs run at once.")] = 10,
+    burst: Annotated[bool, typer.Option(help="Exit once no job is available.")] = False,
+    import_: Annotated[
+        list[str] | None, typer.Option("--import", help="Extra modules that define jobs.")
+    ] = None,
+) -> None:
+    """Run background jobs. Not available yet: the job queue is the next capability to land;
+    until then this command exits with status 2."""
+    err.print("[yellow]app worker: the job queue is not part of this build yet[/]")
+    raise typer.Exit(2)
+
+
+@cli.command()
+def migrate(
+    revision: Annotated[str, typer.Option(help="Target revision.")] = "head",
+) -> None:
+    """Apply migrations (alembic upgrade) to the database in use."""
+    _migrate(_database_url(_settings()), revision)
+
+
+def _migrate(dsn: str, revision: str = "head") -> None:
+    from app.db.migrate import upgrade
+
+    upgrade(dsn, revision)
+    err.print(f"[green]migrated to {revision}[/]")
+
+
+@cli.command()
+def signals() -> None:
+    """The scaling advisor's table. Placeholder until the signals module lands: it exits
+    with status 2 and says so."""
+    err.print("[yellow]app signals: the signals advisor is not part of this build yet[/]")
+    raise typer.Exit(2)
+
+
+@db_cli.command("url")
+def db_url() -> None:
+    """Print the DSN in use (starts the embedded server if needed and leaves it running)."""
+    typer.echo(_database_url(_settings()))
+
+
+@db_cli.command("stop")
+def db_stop() -> None:
+    """Stop the embedded server (no-op with DATABASE_URL)."""
+    from app.db.urls import embedded_server
+
+    stopped = embedded_server(_settings()).stop()
+    err.print("stopped" if stopped else "embedded server was not running")
+
+
+@db_cli.command("psql")
+def db_psql() -> None:
+    """Open psql (bundled with the embedded server) on the database in use."""
+    from app.db.embedded import bin_path
+
+    dsn = _database_url(_settings())
+    psql = str(bin_path("psql"))
+    os.execv(psql, [psql, dsn])  # noqa: S606 - replaces this process with psql
+
+
+if __name__ == "__main__":
+    main()

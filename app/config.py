@@ -1,0 +1,199 @@
+"""Settings: every environment variable pgfirst reads, in one place.
+
+Each field maps to the upper-case env var of the same name (``DATABASE_URL``,
+``CACHE_BACKEND``...). Defaults are safe for development; production refuses to start
+with the development secret or without a database. Flags are read once, when the app or
+a command starts — nothing else in the code looks at the environment.
+
+The ``signal_*`` fields are the thresholds of the scaling signals (docs/signals.md). Their
+defaults come from the staged-scaling checklists the project is built on: common query mean
+> 200 ms, same data fetched > 100x/minute, responses > 3 s, CPU > 70 % sustained, queue depth
+> 1,000 / 10,000, job wait > 30 s / 5 min, p50 > 200 / 500 ms, p99 > 1 / 3 s, error rate
+> 0.5 % / 2 %, tables > 100M rows.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+# Shipped so `scripts/dev` works out of the box; production refuses to start with it.
+DEVELOPMENT_SECRET_KEY = "dev-only-insecure-secret-key-change-me-in-production"  # noqa: S105
+
+Environment = Literal["development", "test", "production"]
+Backend = Literal["postgres", "redis"]
+PoolMode = Literal["direct", "pgbouncer"]
+
+
+class SettingsError(RuntimeError):
+    """A setting is missing or invalid; the message names the env var and what it accepts."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=None,
+        case_sensitive=False,
+        extra="ignore",
+        frozen=True,
+    )
+
+    # --- runtime -----------------------------------------------------------------------
+    env: Environment = Field("development", description="development | test | production")
+    secret_key: SecretStr = Field(
+        SecretStr(DEVELOPMENT_SECRET_KEY),
+        description="Signs access tokens and cursors. At least 32 characters in production.",
+    )
+    host: str = Field("127.0.0.1", description="Interface `app serve` binds (0.0.0.0 in Docker).")
+    port: int = Field(8000, ge=1, le=65535, description="HTTP port.")
+    web_concurrency: int = Field(1, ge=1, description="uvicorn worker processes for `app serve`.")
+    forwarded_allow_ips: str = Field(
+        "127.0.0.1",
+        description="Proxies trusted for X-Forwarded-For/Proto ('*' behind Fly's proxy).",
+    )
+    log_level: str = Field("INFO", description="Root log level.")
+    log_format: Literal["json", "console"] = Field(
+        "json", description="json (one object per line) or console (readable, for a terminal)."
+    )
+    max_request_body_bytes: int = Field(
+        1_048_576, ge=1024, description="Largest request body accepted; larger gets 413."
+    )
+
+    # --- database ----------------------------------------------------------------------
+    database_url: str | None = Field(
+        None,
+        description="Primary PostgreSQL DSN. Unset: an embedded PostgreSQL 18 under "
+        "EMBEDDED_PG_DIR (development and test only).",
+    )
+    database_direct_url: str | None = Field(
+        None,
+        description="DSN that bypasses PgBouncer, for LISTEN, session advisory locks and "
+        "migrations. Defaults to DATABASE_URL.",
+    )
+    database_replica_urls: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated read-replica DSNs; reads are routed there when set.",
+    )
+    db_pool_mode: PoolMode = Field(
+        "direct",
+        description="direct, or pgbouncer (transaction pooling: no server-side prepared "
+        "statements; LISTEN goes to DATABASE_DIRECT_URL).",
+    )
+    db_pool_min: int = Field(2, ge=0, description="Connections the pool keeps open.")
+    db_pool_max: int = Field(10, ge=1, description="Most connections the pool opens.")
+    db_command_timeout: float = Field(
+        30.0, gt=0, description="Seconds before a query is cancelled."
+    )
+    embedded_pg_dir: Path = Field(
+        PROJECT_ROOT / ".data" / "pg",
+        description="Data directory of the embedded PostgreSQL used when DATABASE_URL is unset.",
+    )
+    readiness_timeout: float = Field(2.0, gt=0, description="Seconds /readyz waits for the DB.")
+
+    # --- swappable backends (docs/flags.md) --------------------------------------------
+    redis_url: str | None = Field(None, description="Redis URL for the redis backends.")
+    cache_backend: Backend = Field("postgres", description="postgres | redis")
+    pubsub_backend: Backend = Field("postgres", description="postgres | redis")
+    rate_limit_backend: Backend = Field("postgres", description="postgres | redis")
+    jobs_inline_worker: bool | None = Field(
+        None,
+        description="Run a job worker inside the web process. Default: true in development.",
+    )
+
+    # --- scaling signal thresholds (docs/signals.md) -----------------------------------
+    signal_slow_query_mean_ms: float = Field(200, description="Common query mean time.")
+    signal_hot_key_reads_per_minute: float = Field(100, description="Same key read per minute.")
+    signal_slow_response_seconds: float = Field(3.0, description="HTTP response time.")
+    signal_db_cpu_percent: float = Field(70, description="Database/host CPU, sustained.")
+    signal_read_share: float = Field(0.8, description="Share of statements that are reads.")
+    signal_connections_share: float = Field(0.7, description="Connections / max_connections.")
+    signal_pool_wait_ms: float = Field(100, description="Wait for a pool connection (exhausted).")
+    signal_queue_depth_warn: int = Field(1_000, description="Jobs available and waiting.")
+    signal_queue_depth_critical: int = Field(10_000, description="Jobs available and waiting.")
+    signal_job_wait_warn_seconds: float = Field(30, description="Oldest available job's wait.")
+    signal_job_wait_critical_seconds: float = Field(300, description="Oldest job's wait.")
+    signal_http_p50_warn_ms: float = Field(200, description="HTTP p50 latency.")
+    signal_http_p50_critical_ms: float = Field(500, description="HTTP p50 latency.")
+    signal_http_p99_warn_ms: float = Field(1_000, description="HTTP p99 latency.")
+    signal_http_p99_critical_ms: float = Field(3_000, description="HTTP p99 latency.")
+    signal_error_rate_warn: float = Field(0.005, description="Share of 5xx responses.")
+    signal_error_rate_critical: float = Field(0.02, description="Share of 5xx responses.")
+    signal_table_rows: int = Field(100_000_000, description="Rows before partitioning pays.")
+    signal_notify_queue_usage: float = Field(
+        0.5, description="pg_notification_queue_usage() share (pgfirst's own choice)."
+    )
+
+    @field_validator("database_replica_urls", mode="before")
+    @classmethod
+    def _split_replica_urls(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_log_level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ValueError("expected DEBUG, INFO, WARNING, ERROR or CRITICAL")
+        return level
+
+    @model_validator(mode="after")
+    def _coherent(self) -> Settings:
+        if self.db_pool_min > self.db_pool_max:
+            raise ValueError("DB_POOL_MIN must not exceed DB_POOL_MAX")
+        if self.jobs_inline_worker is None:
+            object.__setattr__(self, "jobs_inline_worker", self.env == "development")
+        needs_redis = [
+            name
+            for name in ("cache_backend", "pubsub_backend", "rate_limit_backend")
+            if getattr(self, name) == "redis"
+        ]
+        if needs_redis and not self.redis_url:
+            flags = ", ".join(n.upper() for n in needs_redis)
+            raise ValueError(f"{flags}=redis needs REDIS_URL")
+        if self.env == "production":
+            secret = self.secret_key.get_secret_value()
+            if secret == DEVELOPMENT_SECRET_KEY:
+                raise ValueError("ENV=production refuses the development SECRET_KEY; set your own")
+            if len(secret) < 32:
+                raise ValueError("SECRET_KEY must be at least 32 characters in production")
+            if not self.database_url:
+                raise ValueError("ENV=production needs DATABASE_URL (no embedded server)")
+        return self
+
+    @property
+    def run_inline_worker(self) -> bool:
+        return bool(self.jobs_inline_worker)
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build Settings from the environment (and overrides), with readable errors."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        raise SettingsError(_describe(exc)) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide Settings, read from the environment once."""
+    return load_settings()
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = ["invalid settings:"]
+    for error in exc.errors():
+        name = "_".join(str(part) for part in error["loc"]).upper() or "SETTINGS"
+        message = error["msg"].removeprefix("Value error, ")
+        given = error.get("input")
+        # Never echo secrets or DSNs (they carry passwords) into logs.
+        private = "SECRET" in name or "URL" in name
+        shown = "" if private or isinstance(given, dict) or given is None else f" (got {given!r})"
+        lines.append(f"  {name}: {message}{shown}")
+    return "\n".join(lines)

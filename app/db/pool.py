@@ -1,0 +1,177 @@
+"""Connection pools, the one transaction helper, and read routing — on asyncpg.
+
+``Database`` owns a pool on the primary and, when ``DATABASE_REPLICA_URLS`` is set, one per
+replica. Code asks for what it needs and never which server it gets:
+
+    async with db.acquire() as conn:            # primary
+    async with db.acquire(read=True) as conn:   # a replica if any, else the primary
+    async with db.transaction() as conn:        # primary, BEGIN ... COMMIT/ROLLBACK
+
+Only reads that tolerate replication lag (feeds, search, stats) may use ``read=True``.
+
+Every connection gets codecs for json/jsonb (orjson) and, once the extension exists, for
+pgvector's ``vector``. With ``DB_POOL_MODE=pgbouncer`` asyncpg's statement cache is off,
+since PgBouncer in transaction mode cannot keep server-side prepared statements per client.
+
+The time spent waiting for a free connection is measured on every acquire: a pool that is
+too small shows up there (the "connection pool exhausted" signal) before it shows up as
+timeouts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from time import perf_counter
+from typing import Any, Literal, TypeAlias
+
+import asyncpg
+import orjson
+from asyncpg.pool import PoolConnectionProxy
+from pgvector.asyncpg import register_vector
+
+from app.config import Settings
+from app.observability.metrics import DB_POOL_ACQUIRE_SECONDS
+
+log = logging.getLogger(__name__)
+
+Record: TypeAlias = asyncpg.Record
+# What code receives: a pooled proxy or a direct connection; both speak the same API.
+Connection: TypeAlias = "asyncpg.Connection[Record] | PoolConnectionProxy[Record]"
+Isolation: TypeAlias = Literal["read_committed", "serializable", "repeatable_read"]
+
+
+@dataclass(frozen=True, slots=True)
+class PoolStats:
+    role: str  # "primary" or "replica-N"
+    size: int
+    idle: int
+    min_size: int
+    max_size: int
+
+    @property
+    def in_use(self) -> int:
+        return self.size - self.idle
+
+
+class Database:
+    """The process's pools. Build with ``await Database.connect(settings)``."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        dsn: str,
+        primary: asyncpg.Pool,
+        replicas: list[asyncpg.Pool],
+    ) -> None:
+        self.settings = settings
+        self.dsn = dsn
+        self.primary = primary
+        self.replicas = replicas
+        self._replica_cycle = itertools.cycle(range(len(replicas))) if replicas else None
+
+    @classmethod
+    async def connect(cls, settings: Settings, dsn: str | None = None) -> Database:
+        """Open the pools. ``dsn`` defaults to DATABASE_URL, or the embedded server."""
+        if dsn is None:
+            from app.db.urls import resolve_database_url
+
+            dsn = await asyncio.to_thread(resolve_database_url, settings)
+        primary = await create_pool(settings, dsn)
+        replicas: list[asyncpg.Pool] = []
+        try:
+            for url in settings.database_replica_urls:
+                replicas.append(await create_pool(settings, url))
+        except BaseException:
+            await asyncio.gather(primary.close(), *(pool.close() for pool in replicas))
+            raise
+        return cls(settings, dsn, primary, replicas)
+
+    async def close(self) -> None:
+        await asyncio.gather(self.primary.close(), *(pool.close() for pool in self.replicas))
+
+    @asynccontextmanager
+    async def acquire(self, *, read: bool = False) -> AsyncIterator[Connection]:
+        """A connection from the primary pool (or a replica's, for ``read=True``)."""
+        pool = self._read_pool() if read else self.primary
+        started = perf_counter()
+        conn = await pool.acquire()
+        DB_POOL_ACQUIRE_SECONDS.observe(perf_counter() - started)
+        try:
+            yield conn
+        finally:
+            await pool.release(conn)
+
+    @asynccontextmanager
+    async def transaction(
+        self, *, isolation: Isolation | None = None, readonly: bool = False
+    ) -> AsyncIterator[Connection]:
+        """A primary connection inside BEGIN; commits on exit, rolls back on an exception."""
+        async with self.acquire() as conn, conn.transaction(isolation=isolation, readonly=readonly):
+            yield conn
+
+    async def connect_direct(self) -> asyncpg.Connection[Record]:
+        """One connection outside any pool, on DATABASE_DIRECT_URL (else the primary).
+
+        For LISTEN and session-level state, which PgBouncer would not keep and which a
+        pool's reset query (UNLISTEN *, advisory unlock) would undo.
+        """
+        dsn = self.settings.database_direct_url or self.dsn
+        conn: asyncpg.Connection[Record] = await asyncpg.connect(
+            dsn, command_timeout=self.settings.db_command_timeout
+        )
+        await _init_connection(conn)
+        return conn
+
+    def stats(self) -> list[PoolStats]:
+        pools = [("primary", self.primary)] + [
+            (f"replica-{index}", pool) for index, pool in enumerate(self.replicas)
+        ]
+        return [
+            PoolStats(
+                role=role,
+                size=pool.get_size(),
+                idle=pool.get_idle_size(),
+                min_size=pool.get_min_size(),
+                max_size=pool.get_max_size(),
+            )
+            for role, pool in pools
+        ]
+
+    def _read_pool(self) -> asyncpg.Pool:
+        if self._replica_cycle is None:
+            return self.primary
+        return self.replicas[next(self._replica_cycle)]
+
+
+async def create_pool(settings: Settings, dsn: str) -> asyncpg.Pool:
+    pgbouncer = settings.db_pool_mode == "pgbouncer"
+    pool = await asyncpg.create_pool(
+        dsn,
+        min_size=settings.db_pool_min,
+        max_size=settings.db_pool_max,
+        command_timeout=settings.db_command_timeout,
+        statement_cache_size=0 if pgbouncer else 1024,
+        init=_init_connection,
+        server_settings={"application_name": "pgfirst"},
+    )
+    assert pool is not None
+    return pool
+
+
+async def _init_connection(conn: asyncpg.Connection[Record]) -> None:
+    for json_type in ("json", "jsonb"):
+        await conn.set_type_codec(
+            json_type, encoder=_json_dumps, decoder=orjson.loads, schema="pg_catalog"
+        )
+    # Before the first migration the extension does not exist yet.
+    if await conn.fetchval("SELECT to_regtype('vector') IS NOT NULL"):
+        await register_vector(conn)
+
+
+def _json_dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()

@@ -1,0 +1,162 @@
+"""One pure-ASGI middleware around every HTTP request.
+
+It gives each request an id (a sane incoming ``X-Request-ID`` is kept, else a new one),
+puts it in the logging context and the response, enforces the body size limit, adds
+security headers, records metrics by route *template* (``/api/tasks/{task_id}``, never the
+raw path, so label cardinality stays bounded), writes one access-log line, and turns an
+unhandled exception into the JSON 500 shape. Pure ASGI rather than BaseHTTPMiddleware:
+streaming responses (SSE) pass through untouched and there is no extra task per request.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from time import perf_counter
+
+import orjson
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.observability.errors import RequestBodyTooLarge
+from app.observability.logging import request_id_var
+from app.observability.metrics import HTTP_REQUEST_SECONDS, HTTP_REQUESTS
+
+log = logging.getLogger("app.access")
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+_QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+_SECURITY_HEADERS = (
+    ("x-content-type-options", "nosniff"),
+    ("x-frame-options", "DENY"),
+    ("referrer-policy", "no-referrer"),
+    ("cross-origin-opener-policy", "same-origin"),
+)
+_HSTS = "max-age=63072000; includeSubDomains"
+
+
+class RequestMiddleware:
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        request_id = _incoming_request_id(scope) or uuid.uuid4().hex
+        token = request_id_var.set(request_id)
+        try:
+            if scope["type"] == "websocket":
+                await self.app(scope, receive, send)
+            else:
+                await self._http(scope, receive, send, request_id)
+        finally:
+            request_id_var.reset(token)
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
+        started = perf_counter()
+        status = 500
+        response_started = False
+        limit = self.max_body_bytes
+        https = scope.get("scheme") == "https"
+
+        async def send_with_headers(message: Message) -> None:
+            nonlocal status, response_started
+            if message["type"] == "http.response.start":
+                response_started = True
+                status = message["status"]
+                headers = MutableHeaders(scope=message)
+                headers["x-request-id"] = request_id
+                for name, value in _SECURITY_HEADERS:
+                    headers.setdefault(name, value)
+                if https:
+                    headers.setdefault("strict-transport-security", _HSTS)
+            await send(message)
+
+        received = 0
+
+        async def receive_bounded() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise RequestBodyTooLarge(limit)
+            return message
+
+        try:
+            if _declared_length(scope) > limit:
+                raise RequestBodyTooLarge(limit)
+            await self.app(scope, receive_bounded, send_with_headers)
+        except RequestBodyTooLarge as exc:
+            if response_started:
+                raise
+            await _send_json(send_with_headers, exc.status_code, {"detail": exc.detail})
+        except Exception:
+            log.exception("unhandled error", extra={"path": scope.get("path")})
+            if response_started:
+                raise
+            body = {"detail": "Internal Server Error", "request_id": request_id}
+            await _send_json(send_with_headers, 500, body)
+        finally:
+            elapsed = perf_counter() - started
+            route = _route_template(scope)
+            method = scope.get("method", "GET")
+            HTTP_REQUESTS.labels(method, route, str(status)).inc()
+            HTTP_REQUEST_SECONDS.labels(method, route).observe(elapsed)
+            path = scope.get("path", "")
+            log.log(
+                logging.DEBUG if path in _QUIET_PATHS else logging.INFO,
+                "%s %s %s",
+                method,
+                path,
+                status,
+                extra={
+                    "method": method,
+                    "path": path,
+                    "route": route,
+                    "status": status,
+                    "duration_ms": round(elapsed * 1000, 2),
+                },
+            )
+
+
+def _incoming_request_id(scope: Scope) -> str | None:
+    for name, value in scope.get("headers", ()):
+        if name == b"x-request-id":
+            candidate = value.decode("latin-1")
+            return candidate if _REQUEST_ID.match(candidate) else None
+    return None
+
+
+def _declared_length(scope: Scope) -> int:
+    for name, value in scope.get("headers", ()):
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return 0
+    return 0
+
+
+def _route_template(scope: Scope) -> str:
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    return path if isinstance(path, str) else "unmatched"
+
+
+async def _send_json(send: Send, status: int, body: object) -> None:
+    payload = orjson.dumps(body)
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": payload})
