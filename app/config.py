@@ -60,6 +60,11 @@ class Settings(BaseSettings):
     log_format: Literal["json", "console"] = Field(
         "json", description="json (one object per line) or console (readable, for a terminal)."
     )
+    ops_token: SecretStr | None = Field(
+        None,
+        description="Bearer token for /ops routes (besides an admin user's access token). "
+        "Unset: /ops answers only admins.",
+    )
     max_request_body_bytes: int = Field(
         1_048_576, ge=1024, description="Largest request body accepted; larger gets 413."
     )
