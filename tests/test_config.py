@@ -107,3 +107,17 @@ def test_development_secret_is_accepted_outside_production() -> None:
 def test_embedded_data_dir_defaults_to_the_project_data_folder() -> None:
     settings = load_settings()
     assert settings.embedded_pg_dir == Path(__file__).resolve().parent.parent / ".data" / "pg"
+
+
+def test_settings_reference_in_docs_is_up_to_date() -> None:
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    result = subprocess.run(
+        [sys.executable, str(root / "scripts" / "gen_settings_doc.py"), "--check"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
