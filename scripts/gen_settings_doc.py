@@ -1,7 +1,7 @@
 """Write docs/settings.md from the Settings class, so the reference never drifts.
 
-    uv run python scripts/gen_settings_doc.py          # rewrite the file
-    uv run python scripts/gen_settings_doc.py --check  # exit 1 if it is stale (tests do this)
+uv run python scripts/gen_settings_doc.py          # rewrite the file
+uv run python scripts/gen_settings_doc.py --check  # exit 1 if it is stale (tests do this)
 """
 
 from __future__ import annotations
