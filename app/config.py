@@ -110,6 +110,20 @@ class Settings(BaseSettings):
         description="Run a job worker inside the web process. Default: true in development.",
     )
 
+    # --- pub/sub (docs/pubsub.md) --------------------------------------------------------
+    pubsub_queue_size: int = Field(
+        1_000, ge=1, description="Events a subscriber may fall behind before it is dropped."
+    )
+    pubsub_replay_limit: int = Field(
+        1_000, ge=1, description="Most events replayed to a resuming subscriber."
+    )
+    pubsub_retention_seconds: int = Field(
+        86_400, ge=60, description="How long published events are kept for replay."
+    )
+    pubsub_heartbeat_seconds: float = Field(
+        15.0, gt=0, description="Idle interval after which SSE/WebSocket streams send a ping."
+    )
+
     # --- scaling signal thresholds (docs/signals.md) -----------------------------------
     signal_slow_query_mean_ms: float = Field(200, description="Common query mean time.")
     signal_hot_key_reads_per_minute: float = Field(100, description="Same key read per minute.")

@@ -1,17 +1,18 @@
 """create_app(): wiring only.
 
-The lifespan starts things in one readable order — settings are already read, then:
-pools → (listener → cache → worker/scheduler, as those capabilities land) — and stops
-them in reverse. Nothing here does I/O at import time.
+The lifespan starts things in one readable order and stops them in reverse:
+pools → pub/sub listener → (cache → worker/scheduler, as those capabilities land).
+Nothing here does I/O at import time.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 
 from fastapi import FastAPI
 
+from app import pubsub
 from app.config import Settings, get_settings
 from app.db import Database, set_database
 from app.observability import health
@@ -27,18 +28,29 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        db = await Database.connect(settings)
-        app.state.db = db
-        set_database(db)
-        unregister_pool_metrics = register_collector(
-            PoolCollector(lambda: [(s.role, s.size, s.in_use, s.max_size) for s in db.stats()])
-        )
-        try:
+        async with AsyncExitStack() as stack:
+            db = await Database.connect(settings)
+            stack.push_async_callback(db.close)
+            app.state.db = db
+            set_database(db)
+            stack.callback(set_database, None)
+            stack.callback(
+                register_collector(
+                    PoolCollector(
+                        lambda: [(s.role, s.size, s.in_use, s.max_size) for s in db.stats()]
+                    )
+                )
+            )
+
+            broker = pubsub.create_broker(settings, db)
+            await broker.start()
+            stack.push_async_callback(broker.stop)
+            app.state.broker = broker
+            pubsub.set_broker(broker)
+            stack.callback(pubsub.set_broker, None)
+            app.state.health_checks["pubsub"] = broker.health
+
             yield
-        finally:
-            unregister_pool_metrics()
-            set_database(None)
-            await db.close()
 
     app = FastAPI(
         title="pgfirst",
@@ -47,6 +59,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.health_checks = {}
     install_error_handlers(app)
     app.add_middleware(RequestMiddleware, max_body_bytes=settings.max_request_body_bytes)
     app.include_router(health.router)

@@ -102,3 +102,27 @@ async def test_script_gets_a_database_lazily_from_settings(
     finally:
         await db_module.close_database()
         get_settings.cache_clear()
+
+
+async def test_after_commit_hooks_run_only_after_commit(database: Database) -> None:
+    ran: list[str] = []
+
+    async def record(label: str) -> None:
+        ran.append(label)
+
+    async with database.transaction() as conn:
+        assert database.after_commit(conn, lambda: record("committed"))
+        assert ran == []
+    assert ran == ["committed"]
+
+    async def fail_after_registering() -> None:
+        async with database.transaction() as conn:
+            database.after_commit(conn, lambda: record("rolled back"))
+            raise RuntimeError("abort")
+
+    with pytest.raises(RuntimeError):
+        await fail_after_registering()
+    assert ran == ["committed"]
+
+    async with database.acquire() as conn:
+        assert database.after_commit(conn, lambda: record("outside")) is False

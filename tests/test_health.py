@@ -9,6 +9,7 @@ from app.db import migrate
 from app.db.migrate import head_revision
 from app.main import create_app
 from tests.conftest import database_name
+from tests.helpers import eventually
 
 
 async def test_healthz_answers_without_touching_the_database(client: httpx.AsyncClient) -> None:
@@ -40,8 +41,8 @@ async def test_readyz_is_503_when_database_goes_away(
         assert response.json()["checks"]["database"] != "ok"
     finally:
         await pg_admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
-    # and it recovers once the database is back
-    assert (await client.get("/readyz")).status_code == 200
+    # and it recovers once the database is back (the pub/sub listener reconnects too)
+    await eventually(lambda: client.get("/readyz"), lambda r: r.status_code == 200)
 
 
 async def test_readyz_is_503_when_migrations_are_behind(

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from time import perf_counter
@@ -43,6 +43,7 @@ Record: TypeAlias = asyncpg.Record
 # What code receives: a pooled proxy or a direct connection; both speak the same API.
 Connection: TypeAlias = "asyncpg.Connection[Record] | PoolConnectionProxy[Record]"
 Isolation: TypeAlias = Literal["read_committed", "serializable", "repeatable_read"]
+AfterCommitHook: TypeAlias = Callable[[], Awaitable[object]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +74,7 @@ class Database:
         self.primary = primary
         self.replicas = replicas
         self._replica_cycle = itertools.cycle(range(len(replicas))) if replicas else None
+        self._after_commit: dict[int, list[AfterCommitHook]] = {}
 
     @classmethod
     async def connect(cls, settings: Settings, dsn: str | None = None) -> Database:
@@ -110,9 +112,35 @@ class Database:
     async def transaction(
         self, *, isolation: Isolation | None = None, readonly: bool = False
     ) -> AsyncIterator[Connection]:
-        """A primary connection inside BEGIN; commits on exit, rolls back on an exception."""
-        async with self.acquire() as conn, conn.transaction(isolation=isolation, readonly=readonly):
-            yield conn
+        """A primary connection inside BEGIN; commits on exit, rolls back on an exception.
+
+        Work registered with ``after_commit(conn, hook)`` runs once COMMIT has succeeded
+        and never after a rollback (e.g. a Redis publish that must follow the data).
+        """
+        async with self.acquire() as conn:
+            hooks: list[AfterCommitHook] = []
+            self._after_commit[id(conn)] = hooks
+            try:
+                async with conn.transaction(isolation=isolation, readonly=readonly):
+                    yield conn
+            finally:
+                del self._after_commit[id(conn)]
+        for hook in hooks:
+            try:
+                await hook()
+            except Exception:
+                log.exception("after-commit hook failed")
+
+    def after_commit(self, conn: Connection, hook: AfterCommitHook) -> bool:
+        """Run ``hook`` after the ``transaction()`` that ``conn`` belongs to commits.
+
+        Returns False when ``conn`` is not inside this Database's ``transaction()``.
+        """
+        hooks = self._after_commit.get(id(conn))
+        if hooks is None:
+            return False
+        hooks.append(hook)
+        return True
 
     async def connect_direct(self) -> asyncpg.Connection[Record]:
         """One connection outside any pool, on DATABASE_DIRECT_URL (else the primary).

@@ -2,8 +2,10 @@
 
 - ``/healthz``: the process serves requests. No database call — a platform health check
   that failed on a database blip would restart healthy machines.
-- ``/readyz``: the database answers within READINESS_TIMEOUT and its schema is at the
-  migrations head this code expects; 503 with the reason otherwise.
+- ``/readyz``: the database answers within READINESS_TIMEOUT, its schema is at the
+  migrations head this code expects, and every component the lifespan registered in
+  ``app.state.health_checks`` (the pub/sub listener...) is healthy; 503 with the reason
+  otherwise.
 - ``/metrics``: Prometheus text format.
 """
 
@@ -31,6 +33,11 @@ async def get_health() -> dict[str, str]:
 async def get_readiness(request: Request) -> JSONResponse:
     db: Database = request.app.state.db
     checks, ready = await check_readiness(db)
+    # Components started by the lifespan (pub/sub listener, ...) report their own state.
+    for name, component_health in request.app.state.health_checks.items():
+        state, healthy = component_health()
+        checks[name] = state
+        ready = ready and healthy
     return JSONResponse(
         {"status": "ready" if ready else "not ready", "checks": checks},
         status_code=200 if ready else 503,
