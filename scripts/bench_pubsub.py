@@ -1,0 +1,164 @@
+"""Pub/sub: the Postgres broker against the Redis broker, same process, same run.
+
+    uv run python scripts/bench_pubsub.py [--repeats 3] [--events 2000]
+
+Starts a throwaway embedded PostgreSQL (or uses DATABASE_URL) and a redis-server on a free
+port (or REDIS_URL). For each broker, in alternation, it measures:
+
+- latency: publish -> subscriber receives, one subscriber, paced at 1,000 events/s;
+- fan-out: the same with 100 subscribers on one channel (one listening connection);
+- throughput: 8 concurrent publishers, as fast as they go, until all events are received.
+
+Prints medians of the repeats and the Postgres/Redis ratio (lower is better for latency,
+higher for throughput).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from app.config import load_settings  # noqa: E402
+from app.db import Database, migrate  # noqa: E402
+from app.db.embedded import EmbeddedPostgres  # noqa: E402
+from app.pubsub import Broker, Subscription, create_broker  # noqa: E402
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def receive(subscription: Subscription, count: int, latencies: list[float]) -> None:
+    for _ in range(count):
+        event = await anext(subscription)
+        latencies.append(time.perf_counter() - event.payload["t"])
+
+
+async def latency(broker: Broker, channel: str, events: int, subscribers: int) -> list[float]:
+    subs = [await broker.subscribe([channel]) for _ in range(subscribers)]
+    latencies: list[float] = []
+    readers = [asyncio.create_task(receive(s, events, latencies)) for s in subs]
+    interval = 1 / 1_000
+    start = time.perf_counter()
+    for n in range(events):
+        await broker.publish(channel, {"t": time.perf_counter(), "n": n})
+        delay = start + (n + 1) * interval - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+    await asyncio.wait_for(asyncio.gather(*readers), 60)
+    for s in subs:
+        await broker.unsubscribe(s)
+    return latencies
+
+
+async def throughput(broker: Broker, channel: str, events: int, publishers: int = 8) -> float:
+    subscription = await broker.subscribe([channel])
+    received: list[float] = []
+    reader = asyncio.create_task(receive(subscription, events, received))
+    per_publisher = events // publishers
+
+    async def publish_many() -> None:
+        for n in range(per_publisher):
+            await broker.publish(channel, {"t": time.perf_counter(), "n": n})
+
+    start = time.perf_counter()
+    await asyncio.gather(*(publish_many() for _ in range(publishers)))
+    await asyncio.wait_for(reader, 60)
+    elapsed = time.perf_counter() - start
+    await broker.unsubscribe(subscription)
+    return (per_publisher * publishers) / elapsed
+
+
+async def run_backend(settings: Any, dsn: str, events: int, round_no: int) -> dict[str, float]:
+    db = await Database.connect(settings, dsn)
+    broker = create_broker(settings, db)
+    await broker.start()
+    try:
+        one = await latency(broker, f"bench:lat:{round_no}", events, 1)
+        fan = await latency(broker, f"bench:fan:{round_no}", events // 4, 100)
+        rate = await throughput(broker, f"bench:tp:{round_no}", events * 2)
+    finally:
+        await broker.stop()
+        await db.close()
+    return {
+        "p50 ms (1 sub)": percentile(one, 0.5) * 1000,
+        "p99 ms (1 sub)": percentile(one, 0.99) * 1000,
+        "p50 ms (100 subs)": percentile(fan, 0.5) * 1000,
+        "p99 ms (100 subs)": percentile(fan, 0.99) * 1000,
+        "events/s (8 publishers)": rate,
+    }
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--events", type=int, default=2000)
+    options = parser.parse_args()
+
+    cleanup: list[Any] = []
+    dsn = os.environ.get("DATABASE_URL")
+    if not dsn:
+        base = Path(tempfile.mkdtemp(prefix="pgfirst-bench-"))
+        server = EmbeddedPostgres(base / "pg")
+        dsn = server.ensure_running()
+        cleanup.append(lambda: (server.destroy(), shutil.rmtree(base, ignore_errors=True)))
+    await asyncio.to_thread(migrate.upgrade, dsn)
+    redis_url = os.environ.get("REDIS_URL")
+    if not redis_url:
+        port = free_port()
+        process = subprocess.Popen(
+            ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL,
+        )
+        cleanup.append(process.terminate)
+        redis_url = f"redis://127.0.0.1:{port}/0"
+        time.sleep(0.5)
+
+    results: dict[str, list[dict[str, float]]] = {"postgres": [], "redis": []}
+    try:
+        for round_no in range(options.repeats):
+            for backend in ("postgres", "redis"):
+                settings = load_settings(
+                    env="test",
+                    database_url=dsn,
+                    redis_url=redis_url,
+                    pubsub_backend=backend,
+                    pubsub_queue_size=100_000,
+                    db_pool_max=10,
+                )
+                results[backend].append(
+                    await run_backend(settings, dsn, options.events, round_no)
+                )
+    finally:
+        for step in reversed(cleanup):
+            step()
+
+    print(f"pub/sub, medians of {options.repeats} runs, {options.events} events per latency run")
+    print(f"{'metric':<26}{'postgres':>12}{'redis':>12}{'pg/redis':>10}")
+    for metric in results["postgres"][0]:
+        pg = statistics.median(run[metric] for run in results["postgres"])
+        rd = statistics.median(run[metric] for run in results["redis"])
+        print(f"{metric:<26}{pg:>12.2f}{rd:>12.2f}{pg / rd:>10.2f}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
