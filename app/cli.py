@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -147,6 +148,34 @@ def db_stop() -> None:
 
     stopped = embedded_server(_settings()).stop()
     err.print("stopped" if stopped else "embedded server was not running")
+
+
+@db_cli.command("backup")
+def db_backup(
+    path: Annotated[
+        Path | None, typer.Argument(help="Output file (default: backups/<db>-<utc time>.dump).")
+    ] = None,
+) -> None:
+    """Dump the database in use with pg_dump (custom format, compressed)."""
+    from app.db.backup import backup
+
+    written = backup(_database_url(_settings()), path)
+    err.print(f"[green]backup written to {written}[/]")
+
+
+@db_cli.command("restore")
+def db_restore(
+    path: Annotated[Path, typer.Argument(help="A dump made by `app db backup`.")],
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask before overwriting.")] = False,
+) -> None:
+    """Restore a dump into the database in use, replacing the objects it contains."""
+    from app.db.backup import restore
+
+    dsn = _database_url(_settings())
+    if not yes:
+        typer.confirm(f"Replace the contents of the database in use with {path}?", abort=True)
+    restore(dsn, path)
+    err.print(f"[green]restored {path}[/]")
 
 
 @db_cli.command("psql")

@@ -1,6 +1,6 @@
 """Pub/sub: the Postgres broker against the Redis broker, same process, same run.
 
-    uv run python scripts/bench_pubsub.py [--repeats 3] [--events 2000]
+    uv run python -m scripts.bench_pubsub [--repeats 3] [--events 2000]
 
 Starts a throwaway embedded PostgreSQL (or uses DATABASE_URL) and a redis-server on a free
 port (or REDIS_URL). For each broker, in alternation, it measures:
@@ -17,28 +17,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import shutil
-import socket
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from app.config import load_settings  # noqa: E402
-from app.db import Database, migrate  # noqa: E402
-from app.db.embedded import EmbeddedPostgres  # noqa: E402
-from app.pubsub import Broker, Subscription, create_broker  # noqa: E402
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+from app.config import load_settings
+from app.db import Database
+from app.pubsub import Broker, Subscription, create_broker
+from scripts.benchkit import percentile, services
 
 
 async def receive(subscription: Subscription, count: int, latencies: list[float]) -> None:
@@ -102,57 +88,21 @@ async def run_backend(settings: Any, dsn: str, events: int, round_no: int) -> di
     }
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-async def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--events", type=int, default=2000)
-    options = parser.parse_args()
-
-    cleanup: list[Any] = []
-    dsn = os.environ.get("DATABASE_URL")
-    if not dsn:
-        base = Path(tempfile.mkdtemp(prefix="pgfirst-bench-"))
-        server = EmbeddedPostgres(base / "pg")
-        dsn = server.ensure_running()
-        cleanup.append(lambda: (server.destroy(), shutil.rmtree(base, ignore_errors=True)))
-    await asyncio.to_thread(migrate.upgrade, dsn)
-    redis_url = os.environ.get("REDIS_URL")
-    if not redis_url:
-        port = free_port()
-        process = subprocess.Popen(
-            ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no"],
-            stdout=subprocess.DEVNULL,
-        )
-        cleanup.append(process.terminate)
-        redis_url = f"redis://127.0.0.1:{port}/0"
-        time.sleep(0.5)
-
+async def measure(dsn: str, redis_url: str, repeats: int, events: int) -> None:
     results: dict[str, list[dict[str, float]]] = {"postgres": [], "redis": []}
-    try:
-        for round_no in range(options.repeats):
-            for backend in ("postgres", "redis"):
-                settings = load_settings(
-                    env="test",
-                    database_url=dsn,
-                    redis_url=redis_url,
-                    pubsub_backend=backend,
-                    pubsub_queue_size=100_000,
-                    db_pool_max=10,
-                )
-                results[backend].append(
-                    await run_backend(settings, dsn, options.events, round_no)
-                )
-    finally:
-        for step in reversed(cleanup):
-            step()
+    for round_no in range(repeats):
+        for backend in ("postgres", "redis"):
+            settings = load_settings(
+                env="test",
+                database_url=dsn,
+                redis_url=redis_url,
+                pubsub_backend=backend,
+                pubsub_queue_size=100_000,
+                db_pool_max=10,
+            )
+            results[backend].append(await run_backend(settings, dsn, events, round_no))
 
-    print(f"pub/sub, medians of {options.repeats} runs, {options.events} events per latency run")
+    print(f"pub/sub, medians of {repeats} runs, {events} events per latency run")
     print(f"{'metric':<26}{'postgres':>12}{'redis':>12}{'pg/redis':>10}")
     for metric in results["postgres"][0]:
         pg = statistics.median(run[metric] for run in results["postgres"])
@@ -160,5 +110,14 @@ async def main() -> None:
         print(f"{metric:<26}{pg:>12.2f}{rd:>12.2f}{pg / rd:>10.2f}")
 
 
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--events", type=int, default=2000)
+    options = parser.parse_args()
+    with services() as (dsn, redis_url):
+        asyncio.run(measure(dsn, redis_url, options.repeats, options.events))
+
+
 if __name__ == "__main__":
-    asyncio.run(main())
+    main()
