@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -26,3 +29,64 @@ async def eventually(
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {within}s; last result: {result!r}")
         await asyncio.sleep(interval)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@asynccontextmanager
+async def app_process(database_url: str, **env: str) -> AsyncIterator[str]:
+    """Run `app serve` in a real subprocess on a free port; yields its base URL.
+
+    Extra keyword arguments become environment variables (``CACHE_BACKEND="redis"``).
+    """
+    import httpx
+
+    port = free_port()
+    environment = {
+        **os.environ,
+        "ENV": "test",
+        "DATABASE_URL": database_url,
+        "PORT": str(port),
+        "HOST": "127.0.0.1",
+        "LOG_LEVEL": "WARNING",
+        "JOBS_INLINE_WORKER": "false",
+        **{key.upper(): value for key, value in env.items()},
+    }
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "app.cli",
+        "serve",
+        env=environment,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        async with httpx.AsyncClient(base_url=base_url) as client:
+
+            async def ready() -> bool:
+                if process.returncode is not None:
+                    stderr = await process.stderr.read() if process.stderr else b""
+                    raise AssertionError(f"app process exited: {stderr.decode()[-2000:]}")
+                try:
+                    return (await client.get("/readyz")).status_code == 200
+                except httpx.TransportError:
+                    return False
+
+            await eventually(ready, within=30)
+        yield base_url
+    finally:
+        if process.returncode is None:
+            process.terminate()
+            try:
+                await asyncio.wait_for(process.wait(), 15)
+            except TimeoutError:
+                process.kill()
+                await process.wait()

@@ -9,7 +9,7 @@ from app.db import migrate
 from app.db.migrate import head_revision
 from app.main import create_app
 from tests.conftest import database_name
-from tests.helpers import eventually
+from tests.helpers import app_process, eventually
 
 
 async def test_healthz_answers_without_touching_the_database(client: httpx.AsyncClient) -> None:
@@ -66,3 +66,10 @@ async def test_health_endpoints_are_in_the_openapi_schema(
 ) -> None:
     schema = (await client.get("/openapi.json")).json()
     assert path in schema["paths"]
+
+
+async def test_app_serves_from_a_real_process(database_url: str) -> None:
+    async with app_process(database_url) as base_url, httpx.AsyncClient(base_url=base_url) as c:
+        response = await c.get("/healthz")
+        assert response.status_code == 200
+        assert response.headers["x-request-id"]
