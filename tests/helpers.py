@@ -90,3 +90,28 @@ async def app_process(database_url: str, **env: str) -> AsyncIterator[str]:
             except TimeoutError:
                 process.kill()
                 await process.wait()
+
+
+@asynccontextmanager
+async def live_server(app: object) -> AsyncIterator[str]:
+    """Serve an ASGI app with uvicorn on a free port inside this event loop.
+
+    For what an in-memory transport cannot show: streaming (SSE) and WebSockets.
+    The app's lifespan is expected to be running already (``lifespan="off"``).
+    """
+    import uvicorn
+
+    port = free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", log_config=None)  # type: ignore[arg-type]
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    try:
+        await eventually(lambda: _started(server), within=10)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 10)
+
+
+async def _started(server: object) -> bool:
+    return bool(getattr(server, "started", False))
