@@ -124,6 +124,18 @@ class Settings(BaseSettings):
         15.0, gt=0, description="Idle interval after which SSE/WebSocket streams send a ping."
     )
 
+    # --- activity log (docs/activity.md) -------------------------------------------------
+    activity_partition_interval: Literal["day", "week", "month"] = Field(
+        "month", description="Range of one activity_logs partition."
+    )
+    activity_premake_periods: int = Field(
+        3, ge=1, description="Partitions created ahead of the current one."
+    )
+    activity_retention_periods: int = Field(
+        12, ge=1, description="Whole periods kept; older partitions are dropped."
+    )
+    activity_page_limit: int = Field(100, ge=1, description="Largest page of /api/activity.")
+
     # --- scaling signal thresholds (docs/signals.md) -----------------------------------
     signal_slow_query_mean_ms: float = Field(200, description="Common query mean time.")
     signal_hot_key_reads_per_minute: float = Field(100, description="Same key read per minute.")

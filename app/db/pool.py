@@ -192,14 +192,26 @@ async def create_pool(settings: Settings, dsn: str) -> asyncpg.Pool:
 
 
 async def _init_connection(conn: asyncpg.Connection[Record]) -> None:
-    for json_type in ("json", "jsonb"):
-        await conn.set_type_codec(
-            json_type, encoder=_json_dumps, decoder=orjson.loads, schema="pg_catalog"
-        )
+    # Binary format: no text escaping round trip, and COPY (binary) can carry jsonb.
+    # jsonb's binary form is a version byte (1) followed by the JSON text.
+    await conn.set_type_codec(
+        "jsonb",
+        encoder=_jsonb_encode,
+        decoder=_jsonb_decode,
+        schema="pg_catalog",
+        format="binary",
+    )
+    await conn.set_type_codec(
+        "json", encoder=orjson.dumps, decoder=orjson.loads, schema="pg_catalog", format="binary"
+    )
     # Before the first migration the extension does not exist yet.
     if await conn.fetchval("SELECT to_regtype('vector') IS NOT NULL"):
         await register_vector(conn)
 
 
-def _json_dumps(value: Any) -> str:
-    return orjson.dumps(value).decode()
+def _jsonb_encode(value: Any) -> bytes:
+    return b"\x01" + orjson.dumps(value)
+
+
+def _jsonb_decode(data: bytes) -> Any:
+    return orjson.loads(data[1:])
