@@ -28,6 +28,8 @@ cli = typer.Typer(
 )
 db_cli = typer.Typer(help="The database in use: its URL, and the embedded server.")
 cli.add_typer(db_cli, name="db")
+activity_cli = typer.Typer(help="The partitioned activity log.")
+cli.add_typer(activity_cli, name="activity")
 err = Console(stderr=True)
 
 
@@ -186,6 +188,39 @@ def db_psql() -> None:
     dsn = _database_url(_settings())
     psql = str(bin_path("psql"))
     os.execv(psql, [psql, dsn])  # noqa: S606 - replaces this process with psql
+
+
+@activity_cli.command("maintain")
+def activity_maintain() -> None:
+    """Create partitions ahead, drain the DEFAULT partition, retire expired partitions."""
+    import asyncio
+
+    from app.activity.partitions import maintain
+    from app.db import Database
+
+    settings = _settings()
+
+    async def run() -> None:
+        db = await Database.connect(settings, _database_url(settings))
+        try:
+            report = await maintain(
+                db,
+                interval=settings.activity_partition_interval,
+                premake=settings.activity_premake_periods,
+                retention=settings.activity_retention_periods,
+            )
+        finally:
+            await db.close()
+        if not report.ran:
+            err.print("another instance is maintaining the activity log; nothing done")
+            return
+        err.print(
+            f"created {report.created or 'none'}, retired {report.retired or 'none'}, "
+            f"moved {report.moved_rows} and deleted {report.deleted_rows} rows from DEFAULT, "
+            f"{report.default_rows_left} left there"
+        )
+
+    asyncio.run(run())
 
 
 if __name__ == "__main__":

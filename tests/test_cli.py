@@ -68,3 +68,29 @@ async def test_migrate_brings_a_new_database_to_head(
     _, stderr = await process.communicate()
     assert process.returncode == 0
     assert b"migrated to head" in stderr
+
+
+async def test_activity_maintain_creates_partitions(database_url: str) -> None:
+    import asyncpg
+
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "app.cli",
+        "activity",
+        "maintain",
+        env={**os.environ, "DATABASE_URL": database_url, "ENV": "test"},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, stderr = await process.communicate()
+    assert process.returncode == 0, stderr.decode()
+    assert b"created ['activity_logs_p" in stderr
+    conn = await asyncpg.connect(database_url)
+    try:
+        count = await conn.fetchval(
+            "SELECT count(*) FROM pg_inherits WHERE inhparent = 'activity_logs'::regclass"
+        )
+    finally:
+        await conn.close()
+    assert count == 5  # DEFAULT + the current month + 3 ahead
