@@ -1,14 +1,21 @@
 """A user's activity feed: keyset pagination on (created_at, id), newest first.
 
-The redundant ``created_at <= $2`` next to the row comparison is what lets PostgreSQL
-prune partitions newer than the cursor (it does not prune on row comparisons); each
-remaining partition answers from its (user_id, created_at DESC, id DESC) index, and
-LIMIT stops the merge as soon as a page is full. docs/activity.md shows the plan.
+Partition pruning needs plain range predicates on created_at (PostgreSQL does not prune
+on the row comparison ``(created_at, id) < cursor``), so the query states both ends:
+
+- the upper end is the cursor's ``created_at`` (redundant with the row comparison, but
+  prunable);
+- the lower end is a widening window: first the last ~month before the cursor, then the
+  last year, then everything. Most pages fill from the first window, which touches one or
+  two partitions; a user with sparse activity costs one or two more short queries.
+
+Each partition answers from its (user_id, created_at DESC, id DESC) index and LIMIT stops
+the scan as soon as a page is full. docs/activity.md shows the plan.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel
@@ -20,8 +27,9 @@ FIRST_PAGE = """
 SELECT id, action, subject_type, subject_id, metadata, created_at
 FROM activity_logs
 WHERE user_id = $1
+  AND created_at > $2
 ORDER BY created_at DESC, id DESC
-LIMIT $2
+LIMIT $3
 """
 NEXT_PAGE = """
 SELECT id, action, subject_type, subject_id, metadata, created_at
@@ -29,9 +37,13 @@ FROM activity_logs
 WHERE user_id = $1
   AND created_at <= $2
   AND (created_at, id) < ($2, $3)
+  AND created_at > $4
 ORDER BY created_at DESC, id DESC
-LIMIT $4
+LIMIT $5
 """
+# Lower ends tried in turn; None means unbounded.
+WINDOWS = (timedelta(days=32), timedelta(days=370), None)
+UNBOUNDED = datetime(1, 1, 1, tzinfo=UTC)
 
 
 class ActivityEntry(BaseModel):
@@ -52,11 +64,16 @@ async def read_feed(
     conn: Connection, secret: str, user_id: int, *, limit: int, cursor: str | None = None
 ) -> ActivityPage:
     """One page of ``user_id``'s feed; raises InvalidCursor for a forged cursor."""
-    if cursor is None:
-        rows = await conn.fetch(FIRST_PAGE, user_id, limit + 1)
-    else:
-        created_at, row_id = read_timestamp_cursor(secret, cursor)
-        rows = await conn.fetch(NEXT_PAGE, user_id, created_at, row_id, limit + 1)
+    after = read_timestamp_cursor(secret, cursor) if cursor is not None else None
+    anchor = after[0] if after else datetime.now(UTC)
+    for window in WINDOWS:
+        lower = anchor - window if window else UNBOUNDED
+        if after is None:
+            rows = await conn.fetch(FIRST_PAGE, user_id, lower, limit + 1)
+        else:
+            rows = await conn.fetch(NEXT_PAGE, user_id, after[0], after[1], lower, limit + 1)
+        if len(rows) > limit:
+            break
     items = [ActivityEntry(**dict(row)) for row in rows[:limit]]
     has_more = len(rows) > limit
     next_cursor = timestamp_cursor(secret, items[-1].created_at, items[-1].id) if has_more else None
