@@ -30,6 +30,8 @@ db_cli = typer.Typer(help="The database in use: its URL, and the embedded server
 cli.add_typer(db_cli, name="db")
 activity_cli = typer.Typer(help="The partitioned activity log.")
 cli.add_typer(activity_cli, name="activity")
+users_cli = typer.Typer(help="User accounts.")
+cli.add_typer(users_cli, name="users")
 err = Console(stderr=True)
 
 
@@ -188,6 +190,61 @@ def db_psql() -> None:
     dsn = _database_url(_settings())
     psql = str(bin_path("psql"))
     os.execv(psql, [psql, dsn])  # noqa: S606 - replaces this process with psql
+
+
+@users_cli.command("create-admin")
+def users_create_admin(
+    email: Annotated[str, typer.Argument(help="The admin's email address.")],
+    password: Annotated[
+        str,
+        typer.Option(
+            prompt=True,
+            hide_input=True,
+            confirmation_prompt=True,
+            envvar="ADMIN_PASSWORD",
+            help="Prompted for (hidden) unless ADMIN_PASSWORD is set.",
+        ),
+    ],
+) -> None:
+    """Create an admin account, or make an existing account an admin (password unchanged)."""
+    import asyncio
+
+    from app.auth.passwords import Passwords, policy_problem
+    from app.auth.schemas import normalise_email
+    from app.db import Database
+
+    try:
+        address = normalise_email(email)
+    except ValueError:
+        err.print("[red]not an email address[/]")
+        raise typer.Exit(2) from None
+    problem = policy_problem(password)
+    if problem:
+        err.print(f"[red]{problem}[/]")
+        raise typer.Exit(2)
+    settings = _settings()
+
+    async def run() -> bool:
+        password_hash = await Passwords(settings).hash(password)
+        db = await Database.connect(settings, _database_url(settings))
+        try:
+            async with db.transaction() as conn:
+                created = await conn.fetchval(
+                    """
+                    INSERT INTO users (email, password_hash, is_admin, email_verified_at)
+                    VALUES ($1, $2, true, now())
+                    ON CONFLICT (email) DO UPDATE SET is_admin = true
+                    RETURNING (xmax = 0)
+                    """,
+                    address,
+                    password_hash,
+                )
+        finally:
+            await db.close()
+        return bool(created)
+
+    created = asyncio.run(run())
+    err.print(f"[green]{'created admin' if created else 'made admin'} {address}[/]")
 
 
 @activity_cli.command("maintain")

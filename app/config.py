@@ -110,6 +110,43 @@ class Settings(BaseSettings):
         description="Run a job worker inside the web process. Default: true in development.",
     )
 
+    # --- auth (docs/auth.md) -------------------------------------------------------------
+    public_url: str = Field("http://127.0.0.1:8000", description="Base URL put in emailed links.")
+    access_token_ttl_seconds: int = Field(900, ge=30, description="Access token lifetime.")
+    refresh_token_ttl_days: int = Field(30, ge=1, description="Refresh token lifetime.")
+    password_reset_ttl_minutes: int = Field(60, ge=5, description="Reset link lifetime.")
+    email_verification_ttl_hours: int = Field(48, ge=1, description="Verify link lifetime.")
+    argon2_time_cost: int = Field(2, ge=1, description="argon2id iterations.")
+    argon2_memory_kib: int = Field(19_456, ge=1024, description="argon2id memory per hash.")
+    argon2_parallelism: int = Field(1, ge=1, description="argon2id lanes.")
+    password_hash_concurrency: int = Field(
+        2, ge=1, description="Hashes computed at once (each holds ARGON2_MEMORY_KIB)."
+    )
+    password_hash_wait_seconds: float = Field(
+        2.0, gt=0, description="Longest wait for a hashing slot before answering 503."
+    )
+    rate_limit_window_seconds: int = Field(60, ge=1, description="Rate-limit window.")
+    rate_limit_login_per_ip: int = Field(30, ge=1, description="Logins per IP per window.")
+    rate_limit_login_per_email: int = Field(5, ge=1, description="Logins per email per window.")
+    rate_limit_signup_per_ip: int = Field(10, ge=1, description="Signups per IP per window.")
+    rate_limit_reset_per_ip: int = Field(10, ge=1, description="Reset requests per IP.")
+    rate_limit_reset_per_email: int = Field(3, ge=1, description="Reset requests per email.")
+    trusted_proxy_header: str | None = Field(
+        None,
+        description="Header holding the client IP set by your proxy (e.g. fly-client-ip). "
+        "Unset: the peer address (uvicorn already applies X-Forwarded-For from "
+        "FORWARDED_ALLOW_IPS).",
+    )
+    mailer: Literal["console", "memory", "smtp"] = Field(
+        "console", description="console (log), memory (kept in-process; tests) or smtp."
+    )
+    mail_from: str = Field("pgfirst <no-reply@localhost>", description="From address.")
+    smtp_host: str = Field("localhost", description="SMTP server.")
+    smtp_port: int = Field(587, description="SMTP port.")
+    smtp_username: str | None = Field(None, description="SMTP user.")
+    smtp_password: SecretStr | None = Field(None, description="SMTP password.")
+    smtp_starttls: bool = Field(True, description="Upgrade the SMTP connection with STARTTLS.")
+
     # --- pub/sub (docs/pubsub.md) --------------------------------------------------------
     pubsub_queue_size: int = Field(
         1_000, ge=1, description="Events a subscriber may fall behind before it is dropped."

@@ -1,7 +1,8 @@
 """create_app(): wiring only.
 
 The lifespan starts things in one readable order and stops them in reverse:
-pools → pub/sub listener → (cache → worker/scheduler, as those capabilities land).
+pools → pub/sub listener → auth (hasher, rate limiter, mail outbox) → (cache →
+worker/scheduler, as those capabilities land).
 Nothing here does I/O at import time.
 """
 
@@ -13,6 +14,12 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from fastapi import FastAPI
 
 from app import pubsub
+from app.activity.router import router as activity_router
+from app.auth import mail
+from app.auth.passwords import Passwords
+from app.auth.ratelimit import create_rate_limiter
+from app.auth.router import router as auth_router
+from app.auth.service import Auth
 from app.config import Settings, get_settings
 from app.db import Database, set_database
 from app.observability import health
@@ -20,6 +27,8 @@ from app.observability.errors import install_error_handlers
 from app.observability.logging import configure_logging
 from app.observability.metrics import PoolCollector, register_collector
 from app.observability.middleware import RequestMiddleware
+from app.pubsub.router import router as events_router
+from app.tasks.router import router as tasks_router
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -50,6 +59,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             stack.callback(pubsub.set_broker, None)
             app.state.health_checks["pubsub"] = broker.health
 
+            app.state.auth = Auth(settings, db, Passwords(settings))
+            limiter = create_rate_limiter(settings, db)
+            stack.push_async_callback(limiter.close)
+            app.state.rate_limiter = limiter
+            outbox = mail.Outbox(mail.create_mailer(settings))
+            outbox.start()
+            mail.set_outbox(outbox)
+            stack.callback(mail.set_outbox, None)
+            stack.push_async_callback(outbox.stop)
+
             yield
 
     app = FastAPI(
@@ -63,4 +82,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.add_middleware(RequestMiddleware, max_body_bytes=settings.max_request_body_bytes)
     app.include_router(health.router)
+    app.include_router(auth_router)
+    app.include_router(tasks_router)
+    app.include_router(activity_router)
+    app.include_router(events_router)
     return app

@@ -124,6 +124,10 @@ def make_settings(database_url: str) -> Callable[..., Settings]:
             "db_pool_max": 5,
             "log_format": "console",
             "jobs_inline_worker": False,
+            # Cheap hashing: tests exercise the flow, not argon2's cost.
+            "argon2_time_cost": 1,
+            "argon2_memory_kib": 1024,
+            "mailer": "memory",
         }
         values.update(overrides)
         return load_settings(**values)

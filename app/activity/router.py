@@ -1,0 +1,33 @@
+"""GET /api/activity: the caller's own activity, newest first."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Query, Request
+
+from app.activity.feed import ActivityPage, read_feed
+from app.auth.dependencies import CurrentUser
+from app.db.deps import ReadConn
+from app.pagination import InvalidCursor
+
+router = APIRouter(tags=["activity"])
+
+
+@router.get("/api/activity")
+async def list_activity(
+    request: Request,
+    user: CurrentUser,
+    conn: ReadConn,
+    cursor: Annotated[str | None, Query(max_length=512)] = None,
+    limit: Annotated[int, Query(ge=1)] = 20,
+) -> ActivityPage:
+    settings = request.app.state.settings
+    if limit > settings.activity_page_limit:
+        raise HTTPException(422, f"limit must be at most {settings.activity_page_limit}")
+    try:
+        return await read_feed(
+            conn, settings.secret_key.get_secret_value(), user.id, limit=limit, cursor=cursor
+        )
+    except InvalidCursor:
+        raise HTTPException(400, "Invalid cursor") from None

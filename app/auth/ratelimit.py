@@ -1,0 +1,106 @@
+"""Rate limits for signup, login and password reset: fixed windows, two backends.
+
+``RateLimiter.hit(key, limit, window)`` counts one attempt and says whether it is allowed
+and, if not, how long until the window resets (the Retry-After). Chosen once by
+RATE_LIMIT_BACKEND:
+
+- ``postgres``: one upsert per hit on an UNLOGGED table (no WAL: counters need no crash
+  safety), pruned by ``prune()``;
+- ``redis``: INCR + EXPIRE in one round trip on a key per window.
+
+Flip to redis when rate-limit writes become a noticeable share of the database's writes
+(a credential-stuffing attack is exactly that).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from fastapi import Request
+from redis.asyncio import Redis
+
+from app.config import Settings
+from app.db import Database
+
+# Count the hit in the current window; a new window restarts the count.
+HIT = """
+INSERT INTO rate_limits AS r (key, window_start, hits)
+VALUES ($1, to_timestamp(floor(extract(epoch FROM now()) / $2) * $2), 1)
+ON CONFLICT (key) DO UPDATE
+SET hits = CASE WHEN r.window_start = EXCLUDED.window_start THEN r.hits + 1 ELSE 1 END,
+    window_start = EXCLUDED.window_start
+RETURNING hits, extract(epoch FROM window_start + make_interval(secs => $2) - now())
+"""
+PRUNE = "DELETE FROM rate_limits WHERE window_start < now() - make_interval(secs => $1)"
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    allowed: bool
+    retry_after: int  # seconds until the window resets
+
+
+class RateLimiter(Protocol):
+    async def hit(self, key: str, limit: int, window: int) -> Verdict: ...
+    async def prune(self, older_than: int) -> int: ...
+    async def close(self) -> None: ...
+
+
+class PostgresRateLimiter:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def hit(self, key: str, limit: int, window: int) -> Verdict:
+        async with self.db.acquire() as conn:
+            row = await conn.fetchrow(HIT, key, window)
+        assert row is not None
+        return Verdict(row[0] <= limit, max(1, int(row[1]) + 1))
+
+    async def prune(self, older_than: int) -> int:
+        async with self.db.acquire() as conn:
+            status = await conn.execute(PRUNE, older_than)
+        return int(status.split()[-1])
+
+    async def close(self) -> None:
+        return None
+
+
+class RedisRateLimiter:
+    def __init__(self, url: str) -> None:
+        self.redis: Redis = Redis.from_url(url)
+
+    async def hit(self, key: str, limit: int, window: int) -> Verdict:
+        import time
+
+        now = time.time()
+        window_no = int(now // window)
+        redis_key = f"pgfirst:rl:{key}:{window_no}"
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.incr(redis_key)
+            pipe.expire(redis_key, window + 1)
+            hits, _ = await pipe.execute()
+        retry_after = int((window_no + 1) * window - now) + 1
+        return Verdict(int(hits) <= limit, retry_after)
+
+    async def prune(self, older_than: int) -> int:
+        return 0  # keys expire on their own
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+
+def create_rate_limiter(settings: Settings, db: Database) -> RateLimiter:
+    if settings.rate_limit_backend == "redis":
+        assert settings.redis_url is not None  # enforced by Settings
+        return RedisRateLimiter(settings.redis_url)
+    return PostgresRateLimiter(db)
+
+
+def client_ip(request: Request, trusted_header: str | None) -> str:
+    """The client's address: the trusted proxy's header when configured, else the peer."""
+    if trusted_header:
+        value = request.headers.get(trusted_header)
+        if value:
+            return value.split(",")[0].strip()[:64]
+    return request.client.host if request.client else "unknown"

@@ -1,0 +1,230 @@
+"""Accounts and sessions: the SQL and the rules, with no HTTP in sight.
+
+A session is a refresh-token *family*: login starts one, every refresh replaces the
+presented token with a new one in the same family, and presenting an already-used token
+revokes the family (someone else holds a copy). Ending sessions:
+
+- ``logout``: the family of the presented access token;
+- ``logout_all``, password change and password reset: every family of the user, and
+  ``tokens_valid_after = now()`` so outstanding access tokens stop working at once.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+from app.auth.mail import Message, send_email
+from app.auth.passwords import Passwords
+from app.auth.tokens import hash_secret, issue_access_token, new_secret
+from app.config import Settings
+from app.db import Connection, Database
+
+INSERT_USER = """
+INSERT INTO users (email, password_hash) VALUES ($1, $2)
+ON CONFLICT (email) DO NOTHING
+RETURNING id
+"""
+USER_BY_EMAIL = "SELECT id, password_hash FROM users WHERE email = $1"
+# One query per authenticated request: the user, and whether the session still stands.
+USER_FOR_TOKEN = """
+SELECT u.id, u.email, u.is_admin, u.email_verified_at, u.created_at,
+       extract(epoch FROM u.tokens_valid_after) AS valid_after,
+       EXISTS (SELECT 1 FROM refresh_tokens r
+               WHERE r.family_id = $2 AND r.user_id = u.id AND r.revoked_at IS NULL) AS live
+FROM users u
+WHERE u.id = $1
+"""
+UPDATE_PASSWORD_HASH = "UPDATE users SET password_hash = $2 WHERE id = $1"
+INSERT_REFRESH = """
+INSERT INTO refresh_tokens (user_id, family_id, token_hash, expires_at)
+VALUES ($1, $2, $3, now() + make_interval(days => $4))
+"""
+# Claim the presented token: only an unused, unrevoked, unexpired token is claimed, and
+# only once even under concurrent requests (the UPDATE's row lock decides).
+USE_REFRESH = """
+UPDATE refresh_tokens SET used_at = now()
+WHERE token_hash = $1 AND used_at IS NULL AND revoked_at IS NULL AND expires_at > now()
+RETURNING user_id, family_id
+"""
+REVOKE_FAMILY_OF_TOKEN = """
+UPDATE refresh_tokens SET revoked_at = now()
+WHERE family_id = (SELECT family_id FROM refresh_tokens WHERE token_hash = $1)
+  AND revoked_at IS NULL
+"""
+REVOKE_FAMILY = """
+UPDATE refresh_tokens SET revoked_at = now()
+WHERE family_id = $1 AND user_id = $2 AND revoked_at IS NULL
+"""
+REVOKE_ALL = """
+WITH revoked AS (
+    UPDATE refresh_tokens SET revoked_at = now()
+    WHERE user_id = $1 AND revoked_at IS NULL
+)
+UPDATE users SET tokens_valid_after = now() WHERE id = $1
+"""
+INSERT_ONE_TIME = """
+INSERT INTO one_time_tokens (token_hash, user_id, purpose, expires_at)
+VALUES ($1, $2, $3, now() + make_interval(mins => $4))
+"""
+USE_ONE_TIME = """
+UPDATE one_time_tokens SET used_at = now()
+WHERE token_hash = $1 AND purpose = $2 AND used_at IS NULL AND expires_at > now()
+RETURNING user_id
+"""
+SET_PASSWORD = "UPDATE users SET password_hash = $2 WHERE id = $1"
+MARK_VERIFIED = """
+UPDATE users SET email_verified_at = coalesce(email_verified_at, now()) WHERE id = $1
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    access_token: str
+    refresh_token: str
+    expires_in: int
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    id: int
+    email: str
+    is_admin: bool
+    email_verified_at: datetime | None
+    created_at: datetime
+
+
+class Auth:
+    """The auth capability of one process: settings, hasher, database."""
+
+    def __init__(self, settings: Settings, db: Database, passwords: Passwords) -> None:
+        self.settings = settings
+        self.db = db
+        self.passwords = passwords
+        self.secret = settings.secret_key.get_secret_value()
+
+    # --- accounts ----------------------------------------------------------------------
+
+    async def signup(self, email: str, password: str) -> int | None:
+        """Create the account; None when the email is taken (the caller says the same)."""
+        password_hash = await self.passwords.hash(password)
+        async with self.db.transaction() as conn:
+            user_id: int | None = await conn.fetchval(INSERT_USER, email, password_hash)
+            if user_id is None:
+                await send_email(
+                    Message(
+                        email,
+                        "Someone tried to sign up with your address",
+                        "An account already exists for this address. If this was you, "
+                        f"log in or reset your password at {self.settings.public_url}.",
+                    ),
+                    conn=conn,
+                )
+                return None
+            await self._send_verification(conn, user_id, email)
+            return user_id
+
+    async def login(self, email: str, password: str) -> Session | None:
+        async with self.db.acquire() as conn:
+            row = await conn.fetchrow(USER_BY_EMAIL, email)
+        ok, upgraded = await self.passwords.verify(row["password_hash"] if row else None, password)
+        if not ok or row is None:
+            return None
+        async with self.db.transaction() as conn:
+            if upgraded is not None:
+                await conn.execute(UPDATE_PASSWORD_HASH, row["id"], upgraded)
+            return await self._start_session(conn, row["id"], uuid.uuid4())
+
+    async def refresh(self, refresh_token: str) -> Session | None:
+        token_hash = hash_secret(refresh_token)
+        async with self.db.transaction() as conn:
+            row = await conn.fetchrow(USE_REFRESH, token_hash)
+            if row is not None:
+                return await self._start_session(conn, row["user_id"], row["family_id"])
+        # Unknown, expired, revoked or reused: if it was ours, its family is compromised.
+        async with self.db.acquire() as conn:
+            await conn.execute(REVOKE_FAMILY_OF_TOKEN, token_hash)
+        return None
+
+    async def logout(self, user_id: int, family_id: uuid.UUID) -> None:
+        async with self.db.acquire() as conn:
+            await conn.execute(REVOKE_FAMILY, family_id, user_id)
+
+    async def logout_all(self, user_id: int) -> None:
+        async with self.db.acquire() as conn:
+            await conn.execute(REVOKE_ALL, user_id)
+
+    async def change_password(self, user_id: int, current: str, new: str) -> bool:
+        async with self.db.acquire() as conn:
+            stored = await conn.fetchval("SELECT password_hash FROM users WHERE id = $1", user_id)
+        ok, _ = await self.passwords.verify(stored, current)
+        if not ok:
+            return False
+        new_hash = await self.passwords.hash(new)
+        async with self.db.transaction() as conn:
+            await conn.execute(SET_PASSWORD, user_id, new_hash)
+            await conn.execute(REVOKE_ALL, user_id)
+        return True
+
+    async def request_password_reset(self, email: str) -> None:
+        async with self.db.transaction() as conn:
+            user_id = await conn.fetchval("SELECT id FROM users WHERE email = $1", email)
+            if user_id is None:
+                return
+            token, token_hash = new_secret()
+            ttl = self.settings.password_reset_ttl_minutes
+            await conn.execute(INSERT_ONE_TIME, token_hash, user_id, "password_reset", ttl)
+            link = f"{self.settings.public_url}/reset-password#token={token}"
+            body = f"Reset your password within {ttl} minutes: {link}\nToken: {token}"
+            await send_email(Message(email, "Reset your password", body), conn=conn)
+
+    async def confirm_password_reset(self, token: str, password: str) -> bool:
+        password_hash = await self.passwords.hash(password)
+        async with self.db.transaction() as conn:
+            user_id = await conn.fetchval(USE_ONE_TIME, hash_secret(token), "password_reset")
+            if user_id is None:
+                return False
+            await conn.execute(SET_PASSWORD, user_id, password_hash)
+            await conn.execute(REVOKE_ALL, user_id)
+            await conn.execute(MARK_VERIFIED, user_id)  # the link proved the address
+        return True
+
+    async def verify_email(self, token: str) -> bool:
+        async with self.db.transaction() as conn:
+            user_id = await conn.fetchval(USE_ONE_TIME, hash_secret(token), "verify_email")
+            if user_id is None:
+                return False
+            await conn.execute(MARK_VERIFIED, user_id)
+        return True
+
+    # --- requests ----------------------------------------------------------------------
+
+    async def user_for_token(
+        self, conn: Connection, user_id: int, family_id: uuid.UUID, issued_at: float
+    ) -> User | None:
+        """The user behind a valid access token, or None if its session has ended."""
+        row = await conn.fetchrow(USER_FOR_TOKEN, user_id, family_id)
+        if row is None or not row["live"] or issued_at < float(row["valid_after"]):
+            return None
+        return User(
+            row["id"], row["email"], row["is_admin"], row["email_verified_at"], row["created_at"]
+        )
+
+    # --- helpers -----------------------------------------------------------------------
+
+    async def _start_session(self, conn: Connection, user_id: int, family: uuid.UUID) -> Session:
+        refresh, refresh_hash = new_secret()
+        days = self.settings.refresh_token_ttl_days
+        await conn.execute(INSERT_REFRESH, user_id, family, refresh_hash, days)
+        ttl = self.settings.access_token_ttl_seconds
+        access = issue_access_token(self.secret, user_id, family, ttl)
+        return Session(access, refresh, ttl)
+
+    async def _send_verification(self, conn: Connection, user_id: int, email: str) -> None:
+        token, token_hash = new_secret()
+        hours = self.settings.email_verification_ttl_hours
+        await conn.execute(INSERT_ONE_TIME, token_hash, user_id, "verify_email", hours * 60)
+        link = f"{self.settings.public_url}/verify-email#token={token}"
+        body = f"Confirm your address within {hours} hours: {link}\nToken: {token}"
+        await send_email(Message(email, "Confirm your email address", body), conn=conn)

@@ -1,0 +1,83 @@
+"""Access tokens (signed JWT) and opaque secrets (refresh, reset, verification tokens).
+
+Access tokens are HS256 JWTs signed with SECRET_KEY; decoding pins the algorithm (so
+``alg: none`` and algorithm-confusion tokens are refused) and requires exp, iat, sub and
+jti. A *stream ticket* is the same token with ``typ: stream`` and a 60-second life, for
+EventSource and WebSocket clients, which cannot send an Authorization header. ``iat`` carries milliseconds so that a token issued after a password change is never
+confused with one issued before it (``users.tokens_valid_after``). ``fam`` names the
+refresh-token family of the session, so logout ends the access token too.
+
+Every other token is 32 random bytes (``secrets.token_urlsafe``) handed to the client
+once; the database keeps only its SHA-256. A leaked database therefore leaks no usable
+token — and unlike passwords these have full entropy, so a fast hash is enough.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+
+ALGORITHM = "HS256"
+
+
+class InvalidToken(Exception):
+    """Expired, forged, malformed or of the wrong kind."""
+
+
+@dataclass(frozen=True, slots=True)
+class AccessClaims:
+    user_id: int
+    family_id: uuid.UUID
+    issued_at: float
+    token_id: str
+
+
+def issue_access_token(
+    secret: str, user_id: int, family_id: uuid.UUID, ttl: int, kind: str = "access"
+) -> str:
+    now = round(time.time(), 3)
+    claims: dict[str, Any] = {
+        "sub": str(user_id),
+        "fam": str(family_id),
+        "iat": now,
+        "exp": int(now) + ttl,
+        "jti": uuid.uuid4().hex,
+        "typ": kind,
+    }
+    return jwt.encode(claims, secret, algorithm=ALGORITHM)
+
+
+def read_access_token(secret: str, token: str, kind: str = "access") -> AccessClaims:
+    try:
+        claims = jwt.decode(
+            token,
+            secret,
+            algorithms=[ALGORITHM],
+            options={"require": ["exp", "iat", "sub", "jti"]},
+        )
+        if claims.get("typ") != kind:
+            raise InvalidToken(f"not a {kind} token")
+        return AccessClaims(
+            user_id=int(claims["sub"]),
+            family_id=uuid.UUID(str(claims["fam"])),
+            issued_at=float(claims["iat"]),
+            token_id=str(claims["jti"]),
+        )
+    except (jwt.PyJWTError, KeyError, ValueError, TypeError) as exc:
+        raise InvalidToken(str(exc)) from None
+
+
+def new_secret() -> tuple[str, bytes]:
+    """A fresh opaque token and the hash to store."""
+    token = secrets.token_urlsafe(32)
+    return token, hash_secret(token)
+
+
+def hash_secret(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()

@@ -1,0 +1,212 @@
+"""/api/projects and /api/tasks: CRUD owned by the caller, keyset-paginated lists."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response, status
+
+from app.auth.dependencies import CurrentUser
+from app.db import Record
+from app.db.deps import DatabaseDep, DbConn
+from app.pagination import InvalidCursor, read_timestamp_cursor, timestamp_cursor
+from app.tasks import service
+from app.tasks.schemas import (
+    ProjectIn,
+    ProjectOut,
+    ProjectPage,
+    ProjectPatch,
+    TaskIn,
+    TaskOut,
+    TaskPage,
+    TaskPatch,
+)
+
+router = APIRouter(tags=["tasks"])
+
+RowId = Annotated[int, Path(ge=1, le=2**63 - 1)]
+Limit = Annotated[int, Query(ge=1, le=100)]
+Cursor = Annotated[str | None, Query(max_length=512)]
+
+
+def _secret(request: Request) -> str:
+    return str(request.app.state.settings.secret_key.get_secret_value())
+
+
+Secret = Annotated[str, Depends(_secret)]
+
+
+def _after(secret: str, cursor: str | None) -> tuple[Any, int] | None:
+    if cursor is None:
+        return None
+    try:
+        return read_timestamp_cursor(secret, cursor)
+    except InvalidCursor:
+        raise HTTPException(400, "Invalid cursor") from None
+
+
+def _task(row: Record) -> TaskOut:
+    return TaskOut(**dict(row), completed=row["completed_at"] is not None)
+
+
+# --- projects ----------------------------------------------------------------------------
+
+
+@router.get("/api/projects")
+async def list_projects(
+    user: CurrentUser, conn: DbConn, secret: Secret, limit: Limit = 50, cursor: Cursor = None
+) -> ProjectPage:
+    after = _after(secret, cursor)
+    if after is None:
+        rows = await conn.fetch(service.LIST_PROJECTS.format(after=""), user.id, limit + 1)
+    else:
+        sql = service.LIST_PROJECTS.format(after="AND (created_at, id) < ($3, $4)")
+        rows = await conn.fetch(sql, user.id, limit + 1, *after)
+    items = [ProjectOut(**dict(row)) for row in rows[:limit]]
+    more = len(rows) > limit
+    last = items[-1] if items else None
+    return ProjectPage(
+        items=items,
+        next_cursor=timestamp_cursor(secret, last.created_at, last.id) if more and last else None,
+    )
+
+
+@router.post("/api/projects", status_code=status.HTTP_201_CREATED)
+async def create_project(body: ProjectIn, user: CurrentUser, db: DatabaseDep) -> ProjectOut:
+    async with db.transaction() as conn:
+        row = await conn.fetchrow(service.INSERT_PROJECT, user.id, body.name, body.color)
+        assert row is not None
+        await service.announce(conn, user.id, "project.created", ("project", row["id"]), {})
+    return ProjectOut(**dict(row))
+
+
+@router.get("/api/projects/{project_id}")
+async def get_project(project_id: RowId, user: CurrentUser, conn: DbConn) -> ProjectOut:
+    row = await conn.fetchrow(service.GET_PROJECT, user.id, project_id)
+    if row is None:
+        raise HTTPException(404, "Project not found")
+    return ProjectOut(**dict(row))
+
+
+@router.patch("/api/projects/{project_id}")
+async def update_project(
+    project_id: RowId, body: ProjectPatch, user: CurrentUser, db: DatabaseDep
+) -> ProjectOut:
+    async with db.transaction() as conn:
+        row = await conn.fetchrow(
+            service.UPDATE_PROJECT, user.id, project_id, body.name, body.color
+        )
+        if row is None:
+            raise HTTPException(404, "Project not found")
+        await service.announce(conn, user.id, "project.updated", ("project", project_id), {})
+    return ProjectOut(**dict(row))
+
+
+@router.delete("/api/projects/{project_id}", status_code=status.HTTP_204_NO_CONTENT)
+async def delete_project(project_id: RowId, user: CurrentUser, db: DatabaseDep) -> Response:
+    async with db.transaction() as conn:
+        if await conn.fetchval(service.DELETE_PROJECT, user.id, project_id) is None:
+            raise HTTPException(404, "Project not found")
+        await service.announce(conn, user.id, "project.deleted", ("project", project_id), {})
+    return Response(status_code=204)
+
+
+# --- tasks -------------------------------------------------------------------------------
+
+
+@router.get("/api/tasks")
+async def list_tasks(
+    user: CurrentUser,
+    conn: DbConn,
+    secret: Secret,
+    project_id: Annotated[int | None, Query(ge=1, le=2**63 - 1)] = None,
+    completed: bool | None = None,
+    limit: Limit = 20,
+    cursor: Cursor = None,
+) -> TaskPage:
+    after = _after(secret, cursor)
+    sql, _ = service.list_tasks_sql(
+        project=project_id is not None,
+        completed=completed,
+        after=after is not None,
+        limit=limit + 1,
+    )
+    args: list[Any] = [user.id]
+    if project_id is not None:
+        args.append(project_id)
+    if after is not None:
+        args.extend(after)
+    rows = await conn.fetch(sql, *args)
+    items = [_task(row) for row in rows[:limit]]
+    more = len(rows) > limit
+    last = items[-1] if items else None
+    return TaskPage(
+        items=items,
+        next_cursor=timestamp_cursor(secret, last.created_at, last.id) if more and last else None,
+    )
+
+
+@router.post("/api/tasks", status_code=status.HTTP_201_CREATED)
+async def create_task(body: TaskIn, user: CurrentUser, db: DatabaseDep) -> TaskOut:
+    async with db.transaction() as conn:
+        if body.project_id is not None and not await service.owns_project(
+            conn, user.id, body.project_id
+        ):
+            raise HTTPException(422, "Unknown project_id")
+        task_id = await conn.fetchval(
+            service.INSERT_TASK, user.id, body.project_id, body.title, body.body, body.due_at
+        )
+        await service.announce(conn, user.id, "task.created", ("task", task_id), {})
+        row = await service.get_task(conn, user.id, task_id)
+    assert row is not None
+    return _task(row)
+
+
+@router.get("/api/tasks/{task_id}")
+async def get_task(task_id: RowId, user: CurrentUser, conn: DbConn) -> TaskOut:
+    row = await service.get_task(conn, user.id, task_id)
+    if row is None:
+        raise HTTPException(404, "Task not found")
+    return _task(row)
+
+
+@router.patch("/api/tasks/{task_id}")
+async def update_task(
+    task_id: RowId, body: TaskPatch, user: CurrentUser, db: DatabaseDep
+) -> TaskOut:
+    sent = body.model_fields_set
+    async with db.transaction() as conn:
+        if body.project_id is not None and not await service.owns_project(
+            conn, user.id, body.project_id
+        ):
+            raise HTTPException(422, "Unknown project_id")
+        updated = await conn.fetchrow(
+            service.UPDATE_TASK,
+            user.id,
+            task_id,
+            body.title,
+            body.body,
+            "project_id" in sent,
+            body.project_id,
+            "due_at" in sent,
+            body.due_at,
+            body.completed,
+        )
+        if updated is None:
+            raise HTTPException(404, "Task not found")
+        event = "task.updated"
+        if body.completed is not None:
+            event = "task.completed" if body.completed else "task.reopened"
+        await service.announce(conn, user.id, event, ("task", task_id), {})
+        row = await service.get_task(conn, user.id, task_id)
+    assert row is not None
+    return _task(row)
+
+
+@router.delete("/api/tasks/{task_id}", status_code=status.HTTP_204_NO_CONTENT)
+async def delete_task(task_id: RowId, user: CurrentUser, db: DatabaseDep) -> Response:
+    async with db.transaction() as conn:
+        if await conn.fetchval(service.DELETE_TASK, user.id, task_id) is None:
+            raise HTTPException(404, "Task not found")
+        await service.announce(conn, user.id, "task.deleted", ("task", task_id), {})
+    return Response(status_code=204)
