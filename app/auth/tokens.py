@@ -3,7 +3,8 @@
 Access tokens are HS256 JWTs signed with SECRET_KEY; decoding pins the algorithm (so
 ``alg: none`` and algorithm-confusion tokens are refused) and requires exp, iat, sub and
 jti. A *stream ticket* is the same token with ``typ: stream`` and a 60-second life, for
-EventSource and WebSocket clients, which cannot send an Authorization header. ``iat`` carries milliseconds so that a token issued after a password change is never
+EventSource and WebSocket clients, which cannot send an Authorization header.
+``iat`` carries milliseconds so that a token issued after a password change is never
 confused with one issued before it (``users.tokens_valid_after``). ``fam`` names the
 refresh-token family of the session, so logout ends the access token too.
 
