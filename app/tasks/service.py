@@ -47,12 +47,12 @@ RETURNING id
 """
 UPDATE_TASK = """
 UPDATE tasks SET
-    title        = coalesce($3, title),
-    body         = coalesce($4, body),
-    project_id   = CASE WHEN $5 THEN $6 ELSE project_id END,
-    due_at       = CASE WHEN $7 THEN $8 ELSE due_at END,
-    completed_at = CASE WHEN $9 IS NULL THEN completed_at
-                        WHEN $9 THEN coalesce(completed_at, now())
+    title        = coalesce($3::text, title),
+    body         = coalesce($4::text, body),
+    project_id   = CASE WHEN $5::boolean THEN $6::bigint ELSE project_id END,
+    due_at       = CASE WHEN $7::boolean THEN $8::timestamptz ELSE due_at END,
+    completed_at = CASE WHEN $9::boolean IS NULL THEN completed_at
+                        WHEN $9::boolean THEN coalesce(completed_at, now())
                         ELSE NULL END,
     updated_at   = now()
 WHERE user_id = $1 AND id = $2
@@ -74,7 +74,7 @@ INSERT INTO projects (user_id, name, color) VALUES ($1, $2, $3)
 RETURNING id, name, color, created_at
 """
 UPDATE_PROJECT = """
-UPDATE projects SET name = coalesce($3, name), color = coalesce($4, color)
+UPDATE projects SET name = coalesce($3::text, name), color = coalesce($4::text, color)
 WHERE user_id = $1 AND id = $2
 RETURNING id, name, color, created_at
 """
