@@ -11,6 +11,7 @@ from redis.asyncio import Redis
 from app.config import Settings
 from app.main import create_app
 from tests.auth_helpers import PASSWORD, new_user
+from tests.helpers import eventually
 
 
 @pytest.fixture(params=["postgres", "redis"])
