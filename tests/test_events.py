@@ -81,13 +81,17 @@ async def test_websocket_needs_auth_and_carries_events(server: str, app: FastAPI
 
 
 async def test_an_event_from_one_instance_reaches_a_client_of_another(database_url: str) -> None:
-    async with app_process(database_url) as a, app_process(database_url) as b:
-        async with httpx.AsyncClient(base_url=a) as on_a, httpx.AsyncClient(base_url=b) as on_b:
-            headers = await new_user(on_a, "multi@example.com")
-            async with on_b.stream("GET", "/api/events", headers=headers) as stream:
-                # the subscription is registered before the response starts streaming
-                created = (
-                    await on_a.post("/api/tasks", json={"title": "from A"}, headers=headers)
-                ).json()
-                events = await asyncio.wait_for(read_sse(stream, 1), 10)
+    async with (
+        app_process(database_url) as a,
+        app_process(database_url) as b,
+        httpx.AsyncClient(base_url=a) as on_a,
+        httpx.AsyncClient(base_url=b) as on_b,
+    ):
+        headers = await new_user(on_a, "multi@example.com")
+        async with on_b.stream("GET", "/api/events", headers=headers) as stream:
+            # the subscription is registered before the response starts streaming
+            created = (
+                await on_a.post("/api/tasks", json={"title": "from A"}, headers=headers)
+            ).json()
+            events = await asyncio.wait_for(read_sse(stream, 1), 10)
     assert orjson.loads(events[0]["data"])["id"] == created["id"]
