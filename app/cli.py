@@ -32,6 +32,8 @@ activity_cli = typer.Typer(help="The partitioned activity log.")
 cli.add_typer(activity_cli, name="activity")
 users_cli = typer.Typer(help="User accounts.")
 cli.add_typer(users_cli, name="users")
+jobs_cli = typer.Typer(help="Background jobs: retry or cancel by id.")
+cli.add_typer(jobs_cli, name="jobs")
 err = Console(stderr=True)
 
 
@@ -103,17 +105,54 @@ def serve() -> None:
 
 @cli.command()
 def worker(
-    queues: Annotated[str | None, typer.Option(help="Comma-separated queues.")] = None,
-    concurrency: Annotated[int, typer.Option(help="Jobs run at once.")] = 10,
+    queues: Annotated[
+        str | None, typer.Option(help="Comma-separated queues (default: all).")
+    ] = None,
+    concurrency: Annotated[
+        int | None, typer.Option(help="Jobs run at once (default JOBS_CONCURRENCY).")
+    ] = None,
     burst: Annotated[bool, typer.Option(help="Exit once no job is available.")] = False,
     import_: Annotated[
         list[str] | None, typer.Option("--import", help="Extra modules that define jobs.")
     ] = None,
 ) -> None:
-    """Run background jobs. Not available yet: the job queue is the next capability to land;
-    until then this command exits with status 2."""
-    err.print("[yellow]app worker: the job queue is not part of this build yet[/]")
-    raise typer.Exit(2)
+    """Run background jobs until SIGTERM/SIGINT (graceful: finish, then release)."""
+    import asyncio
+    import importlib
+    import signal
+
+    from app.config import get_settings
+    from app.db import Database, set_database
+    from app.jobs.worker import Worker
+    from app.observability.logging import configure_logging
+
+    settings = _settings()
+    configure_logging(settings)
+    import app.builtin_jobs  # noqa: F401 - pgfirst's periodic jobs
+
+    for module in import_ or []:
+        importlib.import_module(module)
+
+    async def run() -> None:
+        db = await Database.connect(settings, _database_url(settings))
+        set_database(db)
+        runner = Worker(
+            db,
+            get_settings(),
+            queues=[q.strip() for q in queues.split(",") if q.strip()] if queues else None,
+            concurrency=concurrency,
+            burst=burst,
+        )
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, runner.stop)
+        try:
+            await runner.run()
+        finally:
+            set_database(None)
+            await db.close()
+
+    asyncio.run(run())
 
 
 @cli.command()
@@ -190,6 +229,41 @@ def db_psql() -> None:
     dsn = _database_url(_settings())
     psql = str(bin_path("psql"))
     os.execv(psql, [psql, dsn])  # noqa: S606 - replaces this process with psql
+
+
+@jobs_cli.command("retry")
+def jobs_retry(job_id: Annotated[int, typer.Argument(help="The job's id.")]) -> None:
+    """Make a dead or cancelled job available again."""
+    _job_action("retry", job_id)
+
+
+@jobs_cli.command("cancel")
+def jobs_cancel(job_id: Annotated[int, typer.Argument(help="The job's id.")]) -> None:
+    """Cancel a waiting job, or stop a running one."""
+    _job_action("cancel", job_id)
+
+
+def _job_action(action: str, job_id: int) -> None:
+    import asyncio
+
+    from app.db import Database, set_database
+    from app.jobs import cancel_job, retry_job
+
+    settings = _settings()
+
+    async def run() -> bool:
+        db = await Database.connect(settings, _database_url(settings))
+        set_database(db)
+        try:
+            return await (retry_job if action == "retry" else cancel_job)(job_id)
+        finally:
+            set_database(None)
+            await db.close()
+
+    if not asyncio.run(run()):
+        err.print(f"[red]job {job_id} cannot be {action}{'ed' if action == 'cancel' else 'd'}[/]")
+        raise typer.Exit(1)
+    err.print(f"[green]job {job_id}: {action} done[/]")
 
 
 @users_cli.command("create-admin")

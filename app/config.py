@@ -110,6 +110,24 @@ class Settings(BaseSettings):
         description="Run a job worker inside the web process. Default: true in development.",
     )
 
+    # --- jobs (docs/jobs.md) -------------------------------------------------------------
+    jobs_concurrency: int = Field(10, ge=1, description="Jobs a worker runs at once.")
+    jobs_claim_batch: int = Field(100, ge=1, description="Most jobs claimed per statement.")
+    jobs_poll_interval: float = Field(
+        1.0, gt=0, description="Seconds between polls when no NOTIFY arrives (fallback)."
+    )
+    jobs_lease_seconds: float = Field(
+        30.0, ge=1, description="Lease of a claimed job; heartbeats extend it."
+    )
+    jobs_shutdown_grace: float = Field(
+        10.0, ge=0, description="Seconds running jobs get to finish on shutdown."
+    )
+    jobs_default_max_attempts: int = Field(20, ge=1, description="Attempts before dead.")
+    jobs_default_timeout: float = Field(300.0, gt=0, description="Seconds a job may run.")
+    jobs_backoff_base: float = Field(2.0, gt=0, description="First retry delay, doubling.")
+    jobs_backoff_max: float = Field(3600.0, gt=0, description="Longest retry delay.")
+    jobs_retention_hours: float = Field(72.0, gt=0, description="Finished jobs kept.")
+
     # --- auth (docs/auth.md) -------------------------------------------------------------
     public_url: str = Field("http://127.0.0.1:8000", description="Base URL put in emailed links.")
     access_token_ttl_seconds: int = Field(900, ge=30, description="Access token lifetime.")

@@ -1,19 +1,20 @@
 """create_app(): wiring only.
 
 The lifespan starts things in one readable order and stops them in reverse:
-pools → pub/sub listener → auth (hasher, rate limiter, mail outbox) → (cache →
-worker/scheduler, as those capabilities land).
+pools → pub/sub listener → auth (hasher, rate limiter, mail outbox) → job worker
+(only with JOBS_INLINE_WORKER; production runs `app worker` separately).
 Nothing here does I/O at import time.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
 from fastapi import FastAPI
 
-from app import pubsub
+from app import builtin_jobs, pubsub
 from app.activity.router import router as activity_router
 from app.auth import mail
 from app.auth.passwords import Passwords
@@ -22,6 +23,8 @@ from app.auth.router import router as auth_router
 from app.auth.service import Auth
 from app.config import Settings, get_settings
 from app.db import Database, set_database
+from app.jobs.router import router as jobs_router
+from app.jobs.worker import Worker
 from app.observability import health
 from app.observability.errors import install_error_handlers
 from app.observability.logging import configure_logging
@@ -29,6 +32,8 @@ from app.observability.metrics import PoolCollector, register_collector
 from app.observability.middleware import RequestMiddleware
 from app.pubsub.router import router as events_router
 from app.tasks.router import router as tasks_router
+
+_ = builtin_jobs  # registers pgfirst's periodic jobs with every worker
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -69,6 +74,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             stack.callback(mail.set_outbox, None)
             stack.push_async_callback(outbox.stop)
 
+            if settings.run_inline_worker:
+                worker = Worker(db, settings)
+                worker_task = asyncio.create_task(worker.run(), name="inline-worker")
+                stack.push_async_callback(_stop_worker, worker, worker_task)
+
             yield
 
     app = FastAPI(
@@ -86,4 +96,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(tasks_router)
     app.include_router(activity_router)
     app.include_router(events_router)
+    app.include_router(jobs_router)
     return app
+
+
+async def _stop_worker(worker: Worker, task: asyncio.Task[None]) -> None:
+    worker.stop()
+    await asyncio.gather(task, return_exceptions=True)

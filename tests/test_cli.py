@@ -24,11 +24,6 @@ def test_db_url_prints_the_configured_database(monkeypatch: pytest.MonkeyPatch) 
     assert result.stdout.strip() == "postgresql://user@db.internal/app"
 
 
-def test_worker_says_it_is_not_available_yet() -> None:
-    result = runner.invoke(cli, ["worker"])
-    assert result.exit_code == 2
-
-
 def test_signals_says_it_is_a_placeholder() -> None:
     result = runner.invoke(cli, ["signals", "--help"])
     assert result.exit_code == 0

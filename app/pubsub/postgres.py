@@ -158,15 +158,7 @@ class PostgresBroker:
             await self._unlisten(emptied)
 
     async def prune(self, older_than_seconds: float, batch: int = 10_000) -> int:
-        """Delete events older than the retention, in bounded batches; returns the count."""
-        deleted = 0
-        while True:
-            async with self.db.acquire() as conn:
-                status = await conn.execute(PRUNE_EVENTS, older_than_seconds, batch)
-            count = int(status.split()[-1])
-            deleted += count
-            if count < batch:
-                return deleted
+        return await prune_events(self.db, older_than_seconds, batch)
 
     # --- the listening connection --------------------------------------------------------
 
@@ -277,3 +269,15 @@ class PostgresBroker:
             task = asyncio.get_running_loop().create_task(self._unlisten(emptied))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
+
+
+async def prune_events(db: Database, older_than_seconds: float, batch: int = 10_000) -> int:
+    """Delete events older than the retention, in bounded batches; returns the count."""
+    deleted = 0
+    while True:
+        async with db.acquire() as conn:
+            status = await conn.execute(PRUNE_EVENTS, older_than_seconds, batch)
+        count = int(status.split()[-1])
+        deleted += count
+        if count < batch:
+            return deleted

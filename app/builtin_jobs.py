@@ -1,0 +1,67 @@
+"""pgfirst's own periodic jobs: the housekeeping each capability needs.
+
+- activity log partitions: make ahead, drain DEFAULT, retire (hourly; idempotent);
+- pub/sub events past PUBSUB_RETENTION_SECONDS (hourly);
+- rate-limit counters from past windows (hourly);
+- finished jobs past JOBS_RETENTION_HOURS, in batches (every 10 minutes).
+
+Each runs once per slot across every worker (app/jobs/worker.py) and is a plain function
+you can also call by hand (``app activity maintain`` does for the first).
+"""
+
+from __future__ import annotations
+
+from app.config import get_settings
+from app.db import get_database
+from app.jobs import job
+
+PRUNE_JOBS = """
+DELETE FROM jobs
+WHERE id IN (
+    SELECT id FROM jobs
+    WHERE finished_at < now() - make_interval(secs => $1)
+    LIMIT $2
+)
+"""
+
+
+@job(name="pgfirst.maintain_activity_partitions", cron="7 * * * *", timeout=600)
+async def maintain_activity_partitions() -> None:
+    from app.activity.partitions import maintain
+
+    settings = get_settings()
+    await maintain(
+        await get_database(),
+        interval=settings.activity_partition_interval,
+        premake=settings.activity_premake_periods,
+        retention=settings.activity_retention_periods,
+    )
+
+
+@job(name="pgfirst.prune_events", cron="23 * * * *")
+async def prune_events() -> None:
+    from app.pubsub.postgres import prune_events as prune
+
+    await prune(await get_database(), get_settings().pubsub_retention_seconds)
+
+
+@job(name="pgfirst.prune_rate_limits", cron="37 * * * *")
+async def prune_rate_limits() -> None:
+    from app.auth.ratelimit import PostgresRateLimiter
+
+    window = get_settings().rate_limit_window_seconds
+    await PostgresRateLimiter(await get_database()).prune(older_than=max(3600, 2 * window))
+
+
+@job(name="pgfirst.prune_jobs", cron="*/10 * * * *")
+async def prune_jobs(batch: int = 10_000) -> int:
+    """Delete finished jobs past the retention, a batch at a time; returns the count."""
+    seconds = get_settings().jobs_retention_hours * 3600
+    db = await get_database()
+    deleted = 0
+    while True:
+        async with db.acquire() as conn:
+            count = int((await conn.execute(PRUNE_JOBS, seconds, batch)).split()[-1])
+        deleted += count
+        if count < batch:
+            return deleted

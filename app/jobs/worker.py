@@ -1,0 +1,367 @@
+"""The worker: claim in batches, run with bounded concurrency, finish in batches.
+
+Loop: claim up to the free slots (``FOR UPDATE SKIP LOCKED``, so workers never wait on
+each other and never get the same job), run each job as a task, and record successes in
+one UPDATE per flush — transactions per job are what bound a queue's throughput
+(docs/jobs.md). With nothing to claim the worker sleeps until a NOTIFY on
+``pgfirst_jobs`` (sent when a job is committed) or the poll interval, whichever comes
+first; without LISTEN (``DB_POOL_MODE=pgbouncer``, or a lost listener) polling alone keeps
+it going.
+
+Every lease/3 seconds the worker extends the leases of its running jobs (a job that was
+cancelled meanwhile is not extended, and its task is cancelled), rescues jobs whose lease
+ran out (their worker died: they are retried, never lost), schedules periodic jobs, and
+reconnects a lost listener. Shutdown is two-step: stop claiming, give running jobs
+JOBS_SHUTDOWN_GRACE seconds, then cancel them and release their leases so another worker
+takes them at once, without spending an attempt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import socket
+import traceback
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from time import perf_counter
+from typing import Any
+
+import asyncpg
+from prometheus_client import Counter, Gauge, Histogram
+
+from app.config import Settings
+from app.db import Database
+from app.jobs.queue import CANCEL_CHANNEL, WAKE_CHANNEL, enqueue
+from app.jobs.registry import REGISTRY
+from app.observability.logging import request_id_var
+
+log = logging.getLogger(__name__)
+
+JOBS_FINISHED = Counter("jobs_finished_total", "Jobs finished, by outcome.", ["outcome"])
+JOB_RUN_SECONDS = Histogram("job_run_seconds", "Time a job's handler ran.", ["name"])
+JOB_WAIT_SECONDS = Histogram(
+    "job_wait_seconds",
+    "From run_at to claim.",
+    buckets=(0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30, 60, 300, 1800),
+)
+QUEUE_DEPTH = Gauge("jobs_available", "Jobs available to run now, by queue.", ["queue"])
+
+CLAIM = """
+WITH next AS (
+    SELECT id FROM jobs
+    WHERE state = 'available' AND queue = ANY($1::text[]) AND run_at <= now()
+    ORDER BY priority DESC, run_at, id
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE jobs AS j
+SET state = 'running', attempt = j.attempt + 1,
+    locked_until = now() + make_interval(secs => $3), locked_by = $4
+FROM next
+WHERE j.id = next.id
+RETURNING j.id, j.name, j.args, j.attempt, j.max_attempts, j.request_id,
+          extract(epoch FROM now() - j.run_at) AS waited
+"""
+COMPLETE = """
+UPDATE jobs
+SET state = 'succeeded', finished_at = now(), locked_until = NULL, locked_by = NULL
+WHERE id = ANY($1::bigint[]) AND state = 'running' AND locked_by = $2
+"""
+FAIL = """
+UPDATE jobs SET
+    state = (CASE WHEN attempt >= max_attempts THEN 'dead' ELSE 'available' END)::job_state,
+    run_at = CASE WHEN attempt >= max_attempts THEN run_at
+                  ELSE now() + make_interval(secs => $3) END,
+    finished_at = CASE WHEN attempt >= max_attempts THEN now() END,
+    locked_until = NULL, locked_by = NULL,
+    errors = errors || jsonb_build_array(jsonb_build_object(
+        'attempt', attempt, 'at', now(), 'error', $4::text, 'traceback', $5::text))
+WHERE id = $1 AND state = 'running' AND locked_by = $2
+RETURNING state::text
+"""
+HEARTBEAT = """
+UPDATE jobs SET locked_until = now() + make_interval(secs => $3)
+WHERE id = ANY($1::bigint[]) AND state = 'running' AND locked_by = $2
+RETURNING id
+"""
+# SKIP LOCKED: a job being finished by its (slow, not dead) worker right now is left alone.
+RESCUE = """
+UPDATE jobs SET
+    state = (CASE WHEN attempt >= max_attempts THEN 'dead' ELSE 'available' END)::job_state,
+    finished_at = CASE WHEN attempt >= max_attempts THEN now() END,
+    run_at = now(), locked_until = NULL, locked_by = NULL,
+    errors = errors || jsonb_build_array(jsonb_build_object(
+        'attempt', attempt, 'at', now(), 'error', 'lease expired; worker ' || locked_by || ' lost'))
+WHERE id IN (
+    SELECT id FROM jobs WHERE state = 'running' AND locked_until < now()
+    FOR UPDATE SKIP LOCKED
+)
+RETURNING id
+"""
+RELEASE = """
+UPDATE jobs
+SET state = 'available', run_at = now(), attempt = greatest(attempt - 1, 0),
+    locked_until = NULL, locked_by = NULL
+WHERE id = ANY($1::bigint[]) AND state = 'running' AND locked_by = $2
+"""
+DEPTH = """
+SELECT queue, count(*) AS n FROM jobs
+WHERE state = 'available' AND run_at <= now()
+GROUP BY queue
+"""
+CLAIM_SLOT = """
+WITH seed AS (
+    INSERT INTO job_schedule (name, last_slot) VALUES ($1, '-infinity')
+    ON CONFLICT (name) DO NOTHING
+)
+UPDATE job_schedule SET last_slot = $2 WHERE name = $1 AND last_slot < $2
+RETURNING name
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedJob:
+    id: int
+    name: str
+    args: dict[str, Any]
+    attempt: int
+    max_attempts: int
+    request_id: str | None
+
+
+class Worker:
+    def __init__(
+        self,
+        db: Database,
+        settings: Settings,
+        *,
+        queues: list[str] | None = None,
+        concurrency: int | None = None,
+        burst: bool = False,
+    ) -> None:
+        self.db = db
+        self.settings = settings
+        self.queues = queues or sorted({kind.queue for kind in REGISTRY.values()} | {"default"})
+        self.concurrency = concurrency or settings.jobs_concurrency
+        self.burst = burst
+        self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self._running: dict[int, asyncio.Task[None]] = {}
+        self._cancelled: set[int] = set()
+        self._succeeded: list[int] = []
+        self._wake = asyncio.Event()
+        self._slot_free = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._listener: asyncpg.Connection[Any] | None = None
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Work until ``stop()`` (or, in burst mode, until nothing is left to do)."""
+        await self._listen()
+        await self._maintain()
+        upkeep = asyncio.create_task(self._upkeep_loop(), name="jobs-upkeep")
+        try:
+            await self._claim_loop()
+        finally:
+            upkeep.cancel()
+            await asyncio.gather(upkeep, return_exceptions=True)
+            await self._shutdown()
+
+    def stop(self) -> None:
+        """Step one of shutdown: stop claiming. ``run()`` then finishes the rest."""
+        self._stopping.set()
+        self._wake.set()
+
+    # --- claiming and running ------------------------------------------------------------
+
+    async def _claim_loop(self) -> None:
+        interval = self.settings.jobs_poll_interval
+        while not self._stopping.is_set():
+            free = self.concurrency - len(self._running)
+            if free <= 0:
+                self._slot_free.clear()
+                await self._slot_free.wait()
+                continue
+            jobs = await self._claim(min(free, self.settings.jobs_claim_batch))
+            for job in jobs:
+                task = asyncio.create_task(self._execute(job), name=f"job-{job.id}")
+                self._running[job.id] = task
+            await self._flush()
+            if jobs:
+                continue
+            if self.burst and not self._running:
+                return
+            self._wake.clear()
+            waiters = [asyncio.ensure_future(self._wake.wait())]
+            if self._running:
+                waiters.append(asyncio.ensure_future(self._slot_free.wait()))
+            self._slot_free.clear()
+            await asyncio.wait(waiters, timeout=interval, return_when=asyncio.FIRST_COMPLETED)
+            for waiter in waiters:
+                waiter.cancel()
+
+    async def _claim(self, limit: int) -> list[ClaimedJob]:
+        lease = self.settings.jobs_lease_seconds
+        async with self.db.acquire() as conn:
+            rows = await conn.fetch(CLAIM, self.queues, limit, lease, self.id)
+        claimed = []
+        for row in rows:
+            JOB_WAIT_SECONDS.observe(max(0.0, float(row["waited"])))
+            claimed.append(
+                ClaimedJob(
+                    row["id"],
+                    row["name"],
+                    row["args"],
+                    row["attempt"],
+                    row["max_attempts"],
+                    row["request_id"],
+                )
+            )
+        return claimed
+
+    async def _execute(self, job: ClaimedJob) -> None:
+        token = request_id_var.set(job.request_id or f"job-{job.id}")
+        kind = REGISTRY.get(job.name)
+        started = perf_counter()
+        try:
+            if kind is None:
+                raise LookupError(f"no job named {job.name!r} is registered in this worker")
+            timeout = kind.timeout or self.settings.jobs_default_timeout
+            try:
+                await asyncio.wait_for(kind.handler(**job.args), timeout)
+            except TimeoutError:
+                raise TimeoutError(f"timed out after {timeout:g} s") from None
+        except asyncio.CancelledError:
+            # Cancelled by an operator (state is already 'cancelled') or by shutdown
+            # (the lease is released by _shutdown); nothing to record here.
+            if job.id in self._cancelled:
+                JOBS_FINISHED.labels("cancelled").inc()
+        except Exception as exc:
+            await self._record_failure(job, exc)
+        else:
+            self._succeeded.append(job.id)
+            JOBS_FINISHED.labels("succeeded").inc()
+        finally:
+            JOB_RUN_SECONDS.labels(job.name).observe(perf_counter() - started)
+            self._running.pop(job.id, None)
+            self._cancelled.discard(job.id)
+            self._slot_free.set()
+            request_id_var.reset(token)
+
+    async def _record_failure(self, job: ClaimedJob, exc: Exception) -> None:
+        base, cap = self.settings.jobs_backoff_base, self.settings.jobs_backoff_max
+        delay = min(cap, base * 2 ** (job.attempt - 1))
+        delay = delay / 2 + random.uniform(0, delay / 2)  # noqa: S311 - jitter, not crypto
+        error = f"{type(exc).__name__}: {exc}"[:2000]
+        trace = "".join(traceback.format_exception(exc))[-8000:]
+        async with self.db.acquire() as conn:
+            state = await conn.fetchval(FAIL, job.id, self.id, delay, error, trace)
+        outcome = "dead" if state == "dead" else "retried"
+        JOBS_FINISHED.labels(outcome).inc()
+        log.warning("job %s %s failed (attempt %d): %s", job.name, job.id, job.attempt, error)
+
+    async def _flush(self) -> None:
+        """Record every success since the last flush in one statement."""
+        if not self._succeeded:
+            return
+        done, self._succeeded = self._succeeded, []
+        async with self.db.acquire() as conn:
+            await conn.execute(COMPLETE, done, self.id)
+
+    # --- upkeep --------------------------------------------------------------------------
+
+    async def _upkeep_loop(self) -> None:
+        period = self.settings.jobs_lease_seconds / 3
+        while True:
+            await asyncio.sleep(min(period, 1.0) if self._succeeded else period)
+            try:
+                await self._flush()
+                await self._maintain()
+            except (OSError, asyncpg.PostgresError) as exc:
+                log.warning("jobs upkeep failed: %s", exc)
+
+    async def _maintain(self) -> None:
+        await self._heartbeat()
+        async with self.db.acquire() as conn:
+            rescued = await conn.fetch(RESCUE)
+            if rescued:
+                log.warning("rescued %d jobs whose worker was lost", len(rescued))
+                await conn.execute("SELECT pg_notify($1, 'rescued')", WAKE_CHANNEL)
+            for row in await conn.fetch(DEPTH):
+                QUEUE_DEPTH.labels(row["queue"]).set(row["n"])
+        await self._schedule_periodic()
+        if self._listener is None or self._listener.is_closed():
+            await self._listen()
+
+    async def _heartbeat(self) -> None:
+        if not self._running:
+            return
+        ids = list(self._running)
+        async with self.db.acquire() as conn:
+            rows = await conn.fetch(HEARTBEAT, ids, self.id, self.settings.jobs_lease_seconds)
+        kept = {row["id"] for row in rows}
+        for job_id in ids:
+            if job_id not in kept:
+                self._cancel_local(job_id)
+
+    async def _schedule_periodic(self) -> None:
+        now = datetime.now(UTC)
+        for kind in REGISTRY.values():
+            if kind.cron is None or kind.queue not in self.queues:
+                continue
+            slot = kind.cron.latest_slot(now)
+            async with self.db.transaction() as conn:
+                if await conn.fetchval(CLAIM_SLOT, kind.name, slot) is not None:
+                    await enqueue(kind.name, {}, conn=conn, unique_key=f"periodic:{kind.name}")
+
+    def _cancel_local(self, job_id: int) -> None:
+        task = self._running.get(job_id)
+        if task is not None and not task.done():
+            self._cancelled.add(job_id)
+            task.cancel()
+
+    # --- LISTEN --------------------------------------------------------------------------
+
+    async def _listen(self) -> None:
+        if self.settings.db_pool_mode == "pgbouncer":
+            return  # transaction pooling cannot LISTEN: poll only
+        try:
+            conn = await self.db.connect_direct()
+            await conn.add_listener(WAKE_CHANNEL, self._on_wake)
+            await conn.add_listener(CANCEL_CHANNEL, self._on_cancel)
+        except (OSError, asyncpg.PostgresError) as exc:
+            log.warning("jobs listener unavailable, polling: %s", exc)
+            return
+        self._listener = conn
+
+    def _on_wake(self, *_: object) -> None:
+        self._wake.set()
+
+    def _on_cancel(self, conn: object, pid: int, channel: str, payload: object) -> None:
+        if str(payload).isdigit():
+            self._cancel_local(int(str(payload)))
+
+    # --- shutdown ------------------------------------------------------------------------
+
+    async def _shutdown(self) -> None:
+        if self._running:
+            tasks = list(self._running.values())
+            await asyncio.wait(tasks, timeout=self.settings.jobs_shutdown_grace)
+        leftover = [job_id for job_id, task in self._running.items() if not task.done()]
+        for task in self._running.values():
+            task.cancel()
+        await asyncio.gather(*self._running.values(), return_exceptions=True)
+        try:
+            await self._flush()
+            if leftover:
+                async with self.db.acquire() as conn:
+                    await conn.execute(RELEASE, leftover, self.id)
+                    await conn.execute("SELECT pg_notify($1, 'released')", WAKE_CHANNEL)
+                log.info("released %d unfinished jobs", len(leftover))
+        finally:
+            if self._listener is not None and not self._listener.is_closed():
+                await self._listener.close()
