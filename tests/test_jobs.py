@@ -1,0 +1,337 @@
+"""The job queue's semantics, on real PostgreSQL, with real worker processes where it matters."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import httpx
+import pytest
+
+import tests.jobs_fixtures as fixtures
+from app.config import Settings
+from app.db import Database, set_database
+from app.jobs import cancel_job, enqueue, enqueue_many, retry_job
+from app.jobs.worker import Worker
+from app.main import create_app
+from app.observability.logging import request_id_var
+from tests.helpers import eventually
+
+JOB_SETTINGS = {
+    "jobs_poll_interval": 0.1,
+    "jobs_lease_seconds": 1.5,
+    "jobs_backoff_base": 0.01,
+    "jobs_shutdown_grace": 0.2,
+}
+
+
+@pytest.fixture
+def job_settings(make_settings: Callable[..., Settings]) -> Settings:
+    return make_settings(**JOB_SETTINGS)
+
+
+@pytest.fixture
+async def db(job_settings: Settings) -> AsyncIterator[Database]:
+    database = await Database.connect(job_settings, job_settings.database_url)
+    set_database(database)
+    async with database.acquire() as conn:
+        await conn.execute(fixtures.SCHEMA)
+    yield database
+    set_database(None)
+    await database.close()
+
+
+async def runs(db: Database, kind: str) -> list[str]:
+    async with db.acquire() as conn:
+        rows = await conn.fetch("SELECT value FROM test_job_runs WHERE kind = $1 ORDER BY id", kind)
+    return [row["value"] for row in rows]
+
+
+async def job_row(db: Database, job_id: int) -> dict[str, Any]:
+    async with db.acquire() as conn:
+        row = await conn.fetchrow("SELECT *, state::text AS state FROM jobs WHERE id = $1", job_id)
+    assert row is not None
+    return dict(row)
+
+
+async def drain(db: Database, settings: Settings, concurrency: int | None = None) -> None:
+    await Worker(db, settings, burst=True, concurrency=concurrency).run()
+
+
+async def test_enqueue_commits_and_rolls_back_with_the_business_write(
+    db: Database, job_settings: Settings
+) -> None:
+    async def enqueue_then_fail() -> None:
+        async with db.transaction() as conn:
+            await enqueue("test.record", {"value": "lost"}, conn=conn)
+            raise RuntimeError("the business write failed")
+
+    with pytest.raises(RuntimeError):
+        await enqueue_then_fail()
+    async with db.transaction() as conn:
+        await enqueue("test.record", {"value": "kept"}, conn=conn)
+    await drain(db, job_settings)
+    assert await runs(db, "record") == ["kept"]
+
+
+async def test_unique_keys_deduplicate_while_unfinished(
+    db: Database, job_settings: Settings
+) -> None:
+    first = await enqueue("test.record", {"value": 1}, unique_key="report:42")
+    duplicate = await enqueue("test.record", {"value": 2}, unique_key="report:42")
+    assert first is not None
+    assert duplicate is None
+    ids = await enqueue_many(
+        "test.record",
+        [{"value": 3}, {"value": 4}, {"value": 5}],
+        unique_keys=["a", "report:42", None],
+    )
+    assert ids[0] is not None
+    assert ids[1] is None
+    assert ids[2] is not None
+    await drain(db, job_settings)
+    assert sorted(await runs(db, "record")) == ["1", "3", "5"]
+    assert await enqueue("test.record", {"value": 6}, unique_key="report:42") is not None
+
+
+async def test_priority_then_run_at_order(db: Database, job_settings: Settings) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    now = datetime.now(UTC)
+    await enqueue("test.record", {"value": "low-old"}, run_at=now - timedelta(seconds=30))
+    await enqueue("test.record", {"value": "low-new"}, run_at=now - timedelta(seconds=10))
+    await enqueue("test.record", {"value": "high"}, priority=10)
+    await enqueue("test.record", {"value": "later"}, delay=3600)
+    await drain(db, job_settings, concurrency=1)
+    assert await runs(db, "record") == ["high", "low-old", "low-new"]  # 'later' is not due
+
+
+async def test_failures_back_off_then_die_with_every_error_kept(
+    db: Database, job_settings: Settings
+) -> None:
+    job_id = await enqueue("test.fail")
+    assert job_id is not None
+
+    async def state() -> str:
+        await drain(db, job_settings)
+        return str((await job_row(db, job_id))["state"])
+
+    await eventually(state, lambda s: s == "dead", within=15, interval=0.05)
+    row = await job_row(db, job_id)
+    assert row["attempt"] == 3
+    assert [e["attempt"] for e in row["errors"]] == [1, 2, 3]
+    assert "this job always fails" in row["errors"][0]["error"]
+    assert "Traceback" in row["errors"][0]["traceback"]
+
+
+async def test_a_job_over_its_timeout_fails(db: Database, job_settings: Settings) -> None:
+    job_id = await enqueue("test.slow")
+    assert job_id is not None
+    await drain(db, job_settings)
+    row = await job_row(db, job_id)
+    assert row["state"] == "available"  # retried later
+    assert "timed out after 0.3 s" in row["errors"][0]["error"]
+
+
+async def test_cancel_a_waiting_job(db: Database, job_settings: Settings) -> None:
+    job_id = await enqueue("test.record", {"value": "never"})
+    assert job_id is not None
+    assert await cancel_job(job_id)
+    await drain(db, job_settings)
+    assert await runs(db, "record") == []
+    assert (await job_row(db, job_id))["state"] == "cancelled"
+    assert await retry_job(job_id)  # and bring it back
+    await drain(db, job_settings)
+    assert await runs(db, "record") == ["never"]
+
+
+async def test_cancel_stops_a_running_job(db: Database, job_settings: Settings) -> None:
+    job_id = await enqueue("test.long", {"marker": "c"})
+    assert job_id is not None
+    worker = Worker(db, job_settings)
+    task = asyncio.create_task(worker.run())
+    await eventually(lambda: runs(db, "long.started"), lambda r: r == ["c"])
+    assert await cancel_job(job_id)
+    await eventually(lambda: _running(worker), lambda n: n == 0)
+    worker.stop()
+    await task
+    assert (await job_row(db, job_id))["state"] == "cancelled"
+    assert await runs(db, "long.finished") == []
+
+
+async def _running(worker: Worker) -> int:
+    return len(worker._running)
+
+
+async def test_graceful_shutdown_releases_leases(db: Database, job_settings: Settings) -> None:
+    job_id = await enqueue("test.long", {"marker": "s"})
+    assert job_id is not None
+    worker = Worker(db, job_settings)
+    task = asyncio.create_task(worker.run())
+    await eventually(lambda: runs(db, "long.started"), lambda r: r == ["s"])
+    worker.stop()
+    await task
+    row = await job_row(db, job_id)
+    assert row["state"] == "available"
+    assert row["attempt"] == 0  # shutdown did not spend an attempt
+    assert row["locked_by"] is None
+
+
+async def test_request_id_travels_with_the_job(db: Database, job_settings: Settings) -> None:
+    token = request_id_var.set("req-from-http")
+    try:
+        await enqueue("test.record", {"value": "x"})
+    finally:
+        request_id_var.reset(token)
+    await drain(db, job_settings)
+    async with db.acquire() as conn:
+        assert await conn.fetchval("SELECT request_id FROM test_job_runs") == "req-from-http"
+
+
+async def test_listener_loss_falls_back_to_polling_and_recovers(
+    db: Database, job_settings: Settings
+) -> None:
+    worker = Worker(db, job_settings)
+    task = asyncio.create_task(worker.run())
+    await eventually(lambda: _listening(worker))
+    async with db.acquire() as conn:
+        await conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND query LIKE 'LISTEN%'"
+        )
+    await enqueue("test.record", {"value": "while deaf"})
+    await eventually(lambda: runs(db, "record"), lambda r: r == ["while deaf"])
+    await eventually(lambda: _listening(worker), within=10)  # the upkeep reconnects it
+    worker.stop()
+    await task
+
+
+async def _listening(worker: Worker) -> bool:
+    return worker._listener is not None and not worker._listener.is_closed()
+
+
+# --- real worker processes ---------------------------------------------------------------
+
+
+async def worker_process(database_url: str, *extra: str, **env: str) -> asyncio.subprocess.Process:
+    environment = {
+        **os.environ,
+        "ENV": "test",
+        "DATABASE_URL": database_url,
+        "LOG_LEVEL": "WARNING",
+        "JOBS_POLL_INTERVAL": "0.1",
+        "JOBS_LEASE_SECONDS": "1.5",
+        "JOBS_BACKOFF_BASE": "0.01",
+        **env,
+    }
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "app.cli",
+        "worker",
+        "--import",
+        "tests.jobs_fixtures",
+        *extra,
+        env=environment,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
+async def finish(process: asyncio.subprocess.Process) -> None:
+    _, stderr = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 0, stderr.decode()[-3000:]
+
+
+async def test_a_killed_worker_loses_nothing(db: Database, database_url: str) -> None:
+    job_id = await enqueue("test.long", {"marker": "k"})
+    assert job_id is not None
+    doomed = await worker_process(database_url)
+    await eventually(lambda: runs(db, "long.started"), lambda r: r == ["k"], within=20)
+    doomed.send_signal(signal.SIGKILL)
+    await doomed.wait()
+    assert (await job_row(db, job_id))["state"] == "running"  # its lease still holds
+    async with db.acquire() as conn:  # make the rescued run quick to observe
+        await conn.execute('UPDATE jobs SET args = \'{"marker": "k2"}\' WHERE id = $1', job_id)
+    rescuer = await worker_process(database_url)
+    await eventually(lambda: runs(db, "long.started"), lambda r: r == ["k", "k2"], within=20)
+    row = await job_row(db, job_id)
+    assert row["attempt"] == 2
+    assert "lease expired" in row["errors"][0]["error"]
+    rescuer.send_signal(signal.SIGTERM)
+    await finish(rescuer)
+
+
+async def test_two_workers_never_run_the_same_job(db: Database, database_url: str) -> None:
+    async with db.acquire() as conn:
+        await conn.execute(
+            "CREATE UNIQUE INDEX test_unique_runs ON test_job_runs (value) WHERE kind = 'unique'"
+        )
+    await enqueue_many("test.unique_run", [{"n": n} for n in range(300)])
+    workers = [await worker_process(database_url, "--burst") for _ in range(2)]
+    for process in workers:
+        await finish(process)
+    assert len(await runs(db, "unique")) == 300
+    async with db.acquire() as conn:
+        states = await conn.fetch(
+            "SELECT state::text, count(*) FROM jobs WHERE name = 'test.unique_run' GROUP BY 1"
+        )
+    assert {row[0]: row[1] for row in states} == {"succeeded": 300}
+
+
+async def test_a_periodic_job_runs_once_per_slot_across_workers(
+    db: Database, database_url: str
+) -> None:
+    workers = [await worker_process(database_url, "--burst") for _ in range(3)]
+    for process in workers:
+        await finish(process)
+    assert len(await runs(db, "periodic")) == 1
+    again = await worker_process(database_url, "--burst")  # same minute: nothing new
+    await finish(again)
+    async with db.acquire() as conn:
+        slot_minutes = await conn.fetchval(
+            "SELECT count(*) FROM job_schedule WHERE name = 'test.periodic'"
+        )
+    assert slot_minutes == 1
+    assert len(await runs(db, "periodic")) in (1, 2)  # 2 only if the minute turned meanwhile
+
+
+# --- ops ---------------------------------------------------------------------------------
+
+
+async def test_ops_report_and_actions(make_settings: Callable[..., Settings]) -> None:
+    app = create_app(make_settings(ops_token="ops-secret", **JOB_SETTINGS))
+    headers = {"Authorization": "Bearer ops-secret"}
+    async with app.router.lifespan_context(app):
+        async with app.state.db.acquire() as conn:
+            await conn.execute(fixtures.SCHEMA)
+        dead = await enqueue("test.fail")
+        waiting = await enqueue("test.record", {"value": "w"}, delay=3600)
+        async with app.state.db.acquire() as conn:
+            await conn.execute(
+                "UPDATE jobs SET state = 'dead', attempt = 3, finished_at = now(), "
+                'errors = \'[{"error": "boom"}]\' WHERE id = $1',
+                dead,
+            )
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            assert (await client.get("/ops/jobs")).status_code == 401
+            report = (await client.get("/ops/jobs", headers=headers)).json()
+            assert report["counts"]["default"] == {"dead": 1, "available": 1}
+            assert report["dead"][0]["last_error"] == "boom"
+            assert (
+                await client.post(f"/ops/jobs/{dead}/retry", headers=headers)
+            ).status_code == 202
+            assert (
+                await client.post(f"/ops/jobs/{dead}/retry", headers=headers)
+            ).status_code == 409
+            assert (
+                await client.post(f"/ops/jobs/{waiting}/cancel", headers=headers)
+            ).status_code == 202
+            assert (await client.post("/ops/jobs/abc/cancel", headers=headers)).status_code == 422
+            text = (await client.get("/metrics")).text
+    assert "jobs_finished_total" in text or "job_wait_seconds" in text
