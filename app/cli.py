@@ -128,7 +128,8 @@ def worker(
 
     settings = _settings()
     configure_logging(settings)
-    import app.builtin_jobs  # noqa: F401 - pgfirst's periodic jobs
+    import app.auth.mail
+    import app.builtin_jobs  # noqa: F401 - pgfirst's own jobs (housekeeping, email)
 
     for module in import_ or []:
         importlib.import_module(module)

@@ -266,10 +266,29 @@ def load_settings(**overrides: object) -> Settings:
         raise SettingsError(_describe(exc)) from None
 
 
-@lru_cache(maxsize=1)
+_active: Settings | None = None
+
+
+def set_settings(settings: Settings | None) -> None:
+    """Make ``settings`` the process's (the app lifespan does, so that code running in
+    the app — jobs, helpers — sees what ``create_app`` was given, not the environment)."""
+    global _active
+    _active = settings
+
+
 def get_settings() -> Settings:
-    """The process-wide Settings, read from the environment once."""
+    """The process-wide Settings: those the app runs with, else read from the environment."""
+    return _active if _active is not None else _from_environment()
+
+
+@lru_cache(maxsize=1)
+def _from_environment() -> Settings:
     return load_settings()
+
+
+def forget_settings() -> None:
+    """Drop the Settings read from the environment, so the next call reads it again."""
+    _from_environment.cache_clear()
 
 
 def _describe(exc: ValidationError) -> str:

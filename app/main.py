@@ -1,7 +1,7 @@
 """create_app(): wiring only.
 
 The lifespan starts things in one readable order and stops them in reverse:
-pools → pub/sub listener → auth (hasher, rate limiter, mail outbox) → job worker
+pools → pub/sub listener → auth (hasher, rate limiter) → job worker
 (only with JOBS_INLINE_WORKER; production runs `app worker` separately).
 Nothing here does I/O at import time.
 """
@@ -21,7 +21,7 @@ from app.auth.passwords import Passwords
 from app.auth.ratelimit import create_rate_limiter
 from app.auth.router import router as auth_router
 from app.auth.service import Auth
-from app.config import Settings, get_settings
+from app.config import Settings, get_settings, set_settings
 from app.db import Database, set_database
 from app.jobs.router import router as jobs_router
 from app.jobs.worker import Worker
@@ -33,7 +33,7 @@ from app.observability.middleware import RequestMiddleware
 from app.pubsub.router import router as events_router
 from app.tasks.router import router as tasks_router
 
-_ = builtin_jobs  # registers pgfirst's periodic jobs with every worker
+_ = builtin_jobs, mail  # register pgfirst's own jobs (housekeeping, email) with every worker
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -43,6 +43,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
+            set_settings(settings)
+            stack.callback(set_settings, None)
             db = await Database.connect(settings)
             stack.push_async_callback(db.close)
             app.state.db = db
@@ -68,11 +70,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             limiter = create_rate_limiter(settings, db)
             stack.push_async_callback(limiter.close)
             app.state.rate_limiter = limiter
-            outbox = mail.Outbox(mail.create_mailer(settings))
-            outbox.start()
-            mail.set_outbox(outbox)
-            stack.callback(mail.set_outbox, None)
-            stack.push_async_callback(outbox.stop)
 
             if settings.run_inline_worker:
                 worker = Worker(db, settings)

@@ -12,7 +12,18 @@ from tests.helpers import eventually
 PASSWORD = "correct-Horse-9"
 
 
-async def mail_to(email: str, subject_part: str) -> Message:
+async def deliver_mail(app: object) -> None:
+    """Run the queued email jobs (tests run no worker inside the app)."""
+    from app.jobs.worker import Worker
+
+    state = app.state  # type: ignore[attr-defined]
+    await Worker(state.db, state.settings, queues=["mail"], burst=True).run()
+
+
+async def mail_to(email: str, subject_part: str, app: object) -> Message:
+    """The newest message to ``email`` whose subject contains ``subject_part``."""
+    await deliver_mail(app)
+
     async def find() -> Message | None:
         for message in reversed(MemoryMailer.outbox):
             if message.to == email and subject_part in message.subject:

@@ -47,7 +47,7 @@ async def test_signup_does_not_reveal_existing_accounts(client: httpx.AsyncClien
     )
     assert first.status_code == again.status_code == 202
     assert first.json() == again.json()
-    warning = await mail_to("x@example.com", "tried to sign up")
+    warning = await mail_to("x@example.com", "tried to sign up", client._transport.app)
     assert "already exists" in warning.body
     # and the second signup did not change the password
     await login(client, "x@example.com")
@@ -205,7 +205,7 @@ async def test_password_reset_end_to_end(client: httpx.AsyncClient) -> None:
     known = await client.post("/api/auth/password-reset", json={"email": "reset@example.com"})
     assert unknown.status_code == known.status_code == 202
     assert unknown.json() == known.json()
-    token = token_in(await mail_to("reset@example.com", "Reset"))
+    token = token_in(await mail_to("reset@example.com", "Reset", client._transport.app))
 
     done = await client.post(
         "/api/auth/password-reset/confirm", json={"token": token, "password": "Brand-new-pass-7"}
@@ -225,7 +225,7 @@ async def test_password_reset_end_to_end(client: httpx.AsyncClient) -> None:
 async def test_expired_reset_token_is_refused(client: httpx.AsyncClient, db_conn: object) -> None:
     await new_user(client, "late@example.com")
     await client.post("/api/auth/password-reset", json={"email": "late@example.com"})
-    token = token_in(await mail_to("late@example.com", "Reset"))
+    token = token_in(await mail_to("late@example.com", "Reset", client._transport.app))
     await db_conn.execute("UPDATE one_time_tokens SET expires_at = now() - interval '1 second'")  # type: ignore[attr-defined]
     response = await client.post(
         "/api/auth/password-reset/confirm", json={"token": token, "password": "Brand-new-pass-7"}
@@ -235,7 +235,7 @@ async def test_expired_reset_token_is_refused(client: httpx.AsyncClient, db_conn
 
 async def test_email_verification_end_to_end(client: httpx.AsyncClient) -> None:
     headers = await new_user(client, "verify@example.com")
-    token = token_in(await mail_to("verify@example.com", "Confirm"))
+    token = token_in(await mail_to("verify@example.com", "Confirm", client._transport.app))
     assert (await client.post("/api/auth/verify-email", json={"token": token})).status_code == 204
     assert (await client.get("/api/auth/me", headers=headers)).json()["email_verified"] is True
     assert (

@@ -12,14 +12,14 @@ runner = CliRunner()
 
 
 def test_db_url_prints_the_configured_database(monkeypatch: pytest.MonkeyPatch) -> None:
-    from app.config import get_settings
+    from app.config import forget_settings
 
     monkeypatch.setenv("DATABASE_URL", "postgresql://user@db.internal/app")
-    get_settings.cache_clear()
+    forget_settings()
     try:
         result = runner.invoke(cli, ["db", "url"])
     finally:
-        get_settings.cache_clear()
+        forget_settings()
     assert result.exit_code == 0
     assert result.stdout.strip() == "postgresql://user@db.internal/app"
 

@@ -4,7 +4,7 @@ import asyncpg
 import pytest
 
 import app.db as db_module
-from app.config import Settings, get_settings
+from app.config import Settings, forget_settings
 from app.db import Database
 from tests.conftest import database_name
 
@@ -92,7 +92,7 @@ async def test_script_gets_a_database_lazily_from_settings(
 ) -> None:
     monkeypatch.setenv("DATABASE_URL", database_url)
     monkeypatch.setenv("ENV", "test")
-    get_settings.cache_clear()
+    forget_settings()
     db_module.set_database(None)
     try:
         first, second = await asyncio.gather(db_module.get_database(), db_module.get_database())
@@ -101,7 +101,7 @@ async def test_script_gets_a_database_lazily_from_settings(
             assert await conn.fetchval("SELECT current_database()") == database_name(database_url)
     finally:
         await db_module.close_database()
-        get_settings.cache_clear()
+        forget_settings()
 
 
 async def test_after_commit_hooks_run_only_after_commit(database: Database) -> None:

@@ -4,12 +4,10 @@ MAILER picks the transport: ``console`` logs each message (development), ``memor
 them in ``MemoryMailer.outbox`` (tests, and a place to look in development), ``smtp``
 sends through SMTP_HOST with STARTTLS (smtplib, in a worker thread).
 
-``send_email`` never sends inside the request: it hands the message to the process's
-outbox, a bounded in-memory queue drained by one task started in the app lifespan, so a
-slow mail server never slows a response. Given ``conn``, the message is queued only once
-the caller's ``db.transaction()`` commits — no email about an account that was never
-created. The outbox is in memory: messages queued when the process dies are lost, and a
-failed send is logged, not retried. The job queue replaces it behind the same function.
+``send_email`` never sends inside the request: it enqueues a ``pgfirst.send_email`` job
+(queue ``mail``), so a slow mail server never slows a response and a failed send is
+retried with backoff (8 attempts). Given ``conn``, the job commits or rolls back with the
+caller's transaction — no email about an account that was never created.
 """
 
 from __future__ import annotations
@@ -17,12 +15,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import smtplib
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from email.message import EmailMessage
 from typing import Protocol
 
-from app.config import Settings
+from app.config import Settings, get_settings
 from app.db import Connection
+from app.jobs.registry import job
 
 log = logging.getLogger(__name__)
 
@@ -74,45 +73,6 @@ class SMTPMailer:
             smtp.send_message(email)
 
 
-class Outbox:
-    """Queue + one sending task. ``start()``/``stop()`` from the app lifespan."""
-
-    def __init__(self, mailer: Mailer, size: int = 1_000) -> None:
-        self.mailer = mailer
-        self._queue: asyncio.Queue[Message] = asyncio.Queue(size)
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._drain(), name="mail-outbox")
-
-    async def stop(self, grace: float = 5.0) -> None:
-        """Send what is queued (up to ``grace`` seconds), then stop."""
-        if self._task is None:
-            return
-        try:
-            await asyncio.wait_for(self._queue.join(), grace)
-        except TimeoutError:
-            log.warning("mail outbox stopped with %d messages unsent", self._queue.qsize())
-        self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
-
-    def put(self, message: Message) -> None:
-        try:
-            self._queue.put_nowait(message)
-        except asyncio.QueueFull:
-            log.error("mail outbox full; dropped a message to %s", message.to)
-
-    async def _drain(self) -> None:
-        while True:
-            message = await self._queue.get()
-            try:
-                await self.mailer.send(message)
-            except Exception:
-                log.exception("sending email to %s failed", message.to)
-            finally:
-                self._queue.task_done()
-
-
 def create_mailer(settings: Settings) -> Mailer:
     if settings.mailer == "smtp":
         return SMTPMailer(settings)
@@ -121,29 +81,17 @@ def create_mailer(settings: Settings) -> Mailer:
     return ConsoleMailer()
 
 
-_outbox: Outbox | None = None
-
-
-def set_outbox(outbox: Outbox | None) -> None:
-    global _outbox
-    _outbox = outbox
+SEND_EMAIL_JOB = "pgfirst.send_email"
 
 
 async def send_email(message: Message, *, conn: Connection | None = None) -> None:
-    """Queue ``message``; with ``conn``, only once the caller's transaction commits."""
-    outbox = _outbox
-    if outbox is None:
-        raise RuntimeError("no mail outbox: the app lifespan starts one")
-    if conn is not None:
-        from app.db import get_database
+    """Queue ``message`` as a job; with ``conn`` it commits or rolls back with the caller."""
+    from app.jobs import enqueue
 
-        db = await get_database()
+    await enqueue(SEND_EMAIL_JOB, asdict(message), conn=conn)
 
-        async def queue_after_commit() -> None:
-            outbox.put(message)
 
-        if db.after_commit(conn, queue_after_commit):
-            return
-        if conn.is_in_transaction():
-            raise RuntimeError("send_email(conn=...) needs the connection of db.transaction()")
-    outbox.put(message)
+@job(name=SEND_EMAIL_JOB, queue="mail", max_attempts=8, timeout=60)
+async def deliver_email(to: str, subject: str, body: str) -> None:
+    """The job: send through MAILER; a failure is retried with backoff."""
+    await create_mailer(get_settings()).send(Message(to, subject, body))
