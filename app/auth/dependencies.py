@@ -19,7 +19,7 @@ from app.db.deps import DbConn
 UNAUTHORIZED = {"WWW-Authenticate": "Bearer"}
 
 
-def get_auth(request: Request) -> Auth:
+async def get_auth(request: Request) -> Auth:
     auth: Auth = request.app.state.auth
     return auth
 

@@ -17,7 +17,7 @@ from fastapi import Depends, Request
 from app.db.pool import Connection, Database
 
 
-def get_db(request: Request) -> Database:
+async def get_db(request: Request) -> Database:
     db: Database = request.app.state.db
     return db
 

@@ -13,7 +13,7 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
 
-from app.auth.dependencies import authenticate, bearer_token, get_auth
+from app.auth.dependencies import authenticate, bearer_token
 
 
 async def require_ops_access(request: Request) -> None:
@@ -27,7 +27,7 @@ async def require_ops_access(request: Request) -> None:
         return
     async with request.app.state.db.acquire() as conn:
         try:
-            user, _ = await authenticate(get_auth(request), conn, token)
+            user, _ = await authenticate(request.app.state.auth, conn, token)
         except HTTPException:
             raise HTTPException(403, "Not allowed") from None
     if not user.is_admin:

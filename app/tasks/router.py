@@ -29,7 +29,7 @@ Limit = Annotated[int, Query(ge=1, le=100)]
 Cursor = Annotated[str | None, Query(max_length=512)]
 
 
-def _secret(request: Request) -> str:
+async def _secret(request: Request) -> str:
     return str(request.app.state.settings.secret_key.get_secret_value())
 
 
