@@ -1,0 +1,196 @@
+"""Jobs: bulk enqueue, drain and pickup latency — pgfirst against pgqueuer, same run.
+
+    uv run --group bench python -m scripts.bench_jobs [--jobs 20000] [--repeats 3]
+
+On one throwaway embedded PostgreSQL (fsync on), for each queue in turn:
+
+- bulk enqueue of ``--jobs`` no-op jobs (one call);
+- drain: one worker process's worth of consumers empties the queue (pgfirst at
+  concurrency 10, claim batch 100; pgqueuer at batch size 100), jobs/s;
+- pickup latency: an idle worker, 200 jobs enqueued one at a time 20 ms apart; the time
+  from the enqueue's commit to the handler starting, p50 and p99.
+
+pgqueuer is installed only in the `bench` dependency group. Medians of the repeats.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import asyncpg
+
+from app.config import load_settings
+from app.db import Database, set_database
+from app.jobs import enqueue, enqueue_many, job
+from app.jobs.worker import Worker
+from scripts.benchkit import percentile, postgres
+
+PICKUPS = 200
+_started: dict[int, float] = {}
+_pickup_started: list[float] = []
+_remaining = 0
+_all_done = asyncio.Event()
+
+
+@job(name="bench.noop", max_attempts=1)
+async def noop() -> None:
+    global _remaining
+    _remaining -= 1
+    if _remaining == 0:
+        _all_done.set()
+
+
+@job(name="bench.pickup", max_attempts=1)
+async def pickup() -> None:
+    _pickup_started.append(time.perf_counter())
+
+
+async def run_pgfirst(dsn: str, jobs: int) -> dict[str, float]:
+    global _remaining
+    settings = load_settings(
+        env="test", database_url=dsn, jobs_poll_interval=1.0, db_pool_max=12, log_level="WARNING"
+    )
+    db = await Database.connect(settings, dsn)
+    set_database(db)
+    try:
+        async with db.acquire() as conn:
+            await conn.execute("TRUNCATE jobs")
+        began = time.perf_counter()
+        await enqueue_many("bench.noop", [{}] * jobs)
+        enqueue_rate = jobs / (time.perf_counter() - began)
+
+        _remaining = jobs
+        _all_done.clear()
+        worker = Worker(db, settings, concurrency=10)
+        began = time.perf_counter()
+        task = asyncio.create_task(worker.run())
+        await _all_done.wait()
+        drain_rate = jobs / (time.perf_counter() - began)
+
+        _pickup_started.clear()
+        latencies = []
+        for _ in range(PICKUPS):
+            await asyncio.sleep(0.02)
+            sent = time.perf_counter()
+            await enqueue("bench.pickup")
+            while len(_pickup_started) < len(latencies) + 1:
+                await asyncio.sleep(0.0002)
+            latencies.append(_pickup_started[-1] - sent)
+        worker.stop()
+        await task
+    finally:
+        set_database(None)
+        await db.close()
+    return {
+        "bulk enqueue jobs/s": enqueue_rate,
+        "drain jobs/s": drain_rate,
+        "pickup p50 ms": percentile(latencies, 0.5) * 1000,
+        "pickup p99 ms": percentile(latencies, 0.99) * 1000,
+    }
+
+
+async def run_pgqueuer(dsn: str, jobs: int) -> dict[str, float] | None:
+    try:
+        from pgqueuer import PgQueuer
+        from pgqueuer.db import AsyncpgDriver
+        from pgqueuer.models import Job
+        from pgqueuer.queries import Queries
+    except ImportError:
+        return None
+    conn = await asyncpg.connect(dsn)
+    driver = AsyncpgDriver(conn)
+    queries = Queries(driver)
+    try:
+        await queries.install()
+    except asyncpg.DuplicateObjectError:
+        pass
+    await conn.execute("TRUNCATE pgqueuer")
+
+    began = time.perf_counter()
+    await queries.enqueue(["noop"] * jobs, [None] * jobs, [0] * jobs)
+    enqueue_rate = jobs / (time.perf_counter() - began)
+
+    remaining = jobs
+    done = asyncio.Event()
+    pickups: list[float] = []
+    worker_conn = await asyncpg.connect(dsn)
+    pgq = PgQueuer(AsyncpgDriver(worker_conn))
+
+    @pgq.entrypoint("noop")
+    async def noop_entry(job: Job) -> None:
+        nonlocal remaining
+        remaining -= 1
+        if remaining == 0:
+            done.set()
+
+    @pgq.entrypoint("pickup")
+    async def pickup_entry(job: Job) -> None:
+        pickups.append(time.perf_counter())
+
+    began = time.perf_counter()
+    runner = asyncio.create_task(pgq.run(batch_size=100))
+    await done.wait()
+    drain_rate = jobs / (time.perf_counter() - began)
+
+    latencies = []
+    for _ in range(PICKUPS):
+        await asyncio.sleep(0.02)
+        sent = time.perf_counter()
+        await queries.enqueue(["pickup"], [None], [0])
+        while len(pickups) < len(latencies) + 1:
+            await asyncio.sleep(0.0002)
+        latencies.append(pickups[-1] - sent)
+    pgq.shutdown.set()
+    await asyncio.wait_for(runner, 30)
+    await worker_conn.close()
+    await conn.close()
+    return {
+        "bulk enqueue jobs/s": enqueue_rate,
+        "drain jobs/s": drain_rate,
+        "pickup p50 ms": percentile(latencies, 0.5) * 1000,
+        "pickup p99 ms": percentile(latencies, 0.99) * 1000,
+    }
+
+
+async def measure(dsn: str, jobs: int, repeats: int) -> None:
+    contenders: dict[str, Callable[[str, int], Awaitable[dict[str, float] | None]]] = {
+        "pgfirst": run_pgfirst,
+        "pgqueuer": run_pgqueuer,
+    }
+    results: dict[str, list[dict[str, float]]] = {name: [] for name in contenders}
+    for _ in range(repeats):
+        for name, run in contenders.items():
+            outcome = await run(dsn, jobs)
+            if outcome is not None:
+                results[name].append(outcome)
+    present = [name for name in contenders if results[name]]
+    print(f"jobs: {jobs:,} no-op jobs, medians of {repeats}")
+    print(f"{'metric':<22}" + "".join(f"{name:>12}" for name in present) + f"{'ratio':>10}")
+    for metric in results["pgfirst"][0]:
+        values: dict[str, Any] = {
+            name: statistics.median(r[metric] for r in results[name]) for name in present
+        }
+        ratio = values["pgfirst"] / values["pgqueuer"] if "pgqueuer" in values else float("nan")
+        print(
+            f"{metric:<22}" + "".join(f"{values[n]:>12.1f}" for n in present) + f"{ratio:>10.2f}"
+        )
+    if "pgqueuer" not in present:
+        print("pgqueuer not installed: run with `uv run --group bench`")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--jobs", type=int, default=20_000)
+    parser.add_argument("--repeats", type=int, default=3)
+    options = parser.parse_args()
+    with postgres() as dsn:
+        asyncio.run(measure(dsn, options.jobs, options.repeats))
+
+
+if __name__ == "__main__":
+    main()
