@@ -176,9 +176,7 @@ async def measure(dsn: str, jobs: int, repeats: int) -> None:
             name: statistics.median(r[metric] for r in results[name]) for name in present
         }
         ratio = values["pgfirst"] / values["pgqueuer"] if "pgqueuer" in values else float("nan")
-        print(
-            f"{metric:<22}" + "".join(f"{values[n]:>12.1f}" for n in present) + f"{ratio:>10.2f}"
-        )
+        print(f"{metric:<22}" + "".join(f"{values[n]:>12.1f}" for n in present) + f"{ratio:>10.2f}")
     if "pgqueuer" not in present:
         print("pgqueuer not installed: run with `uv run --group bench`")
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 import os
 import random
 import socket
@@ -150,6 +151,7 @@ class Worker:
         self.burst = burst
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self._running: dict[int, asyncio.Task[None]] = {}
+        self._ready: deque[ClaimedJob] = deque()  # claimed (leased), not started yet
         self._cancelled: set[int] = set()
         self._succeeded: list[int] = []
         self._wake = asyncio.Event()
@@ -180,29 +182,43 @@ class Worker:
 
     async def _claim_loop(self) -> None:
         interval = self.settings.jobs_poll_interval
+        batch = self.settings.jobs_claim_batch
         while not self._stopping.is_set():
-            free = self.concurrency - len(self._running)
-            if free <= 0:
-                self._slot_free.clear()
-                await self._slot_free.wait()
+            # Claim ahead of the free slots (up to one batch), so the next jobs are already
+            # leased when a slot frees up: one claim statement feeds many jobs.
+            claimed: list[ClaimedJob] = []
+            tried = False
+            capacity = self.concurrency + batch - len(self._running) - len(self._ready)
+            if len(self._ready) < self.concurrency and capacity > 0:
+                tried = True
+                claimed = await self._claim(min(batch, capacity))
+                self._ready.extend(claimed)
+            self._start_ready()
+            # Successes are recorded a batch at a time, or as soon as the worker is idle.
+            if len(self._succeeded) >= batch or not (self._running or self._ready):
+                await self._flush()
+            if claimed and len(self._ready) < self.concurrency:
                 continue
-            jobs = await self._claim(min(free, self.settings.jobs_claim_batch))
-            for job in jobs:
-                task = asyncio.create_task(self._execute(job), name=f"job-{job.id}")
-                self._running[job.id] = task
-            await self._flush()
-            if jobs:
-                continue
-            if self.burst and not self._running:
-                return
-            self._wake.clear()
-            waiters = [asyncio.ensure_future(self._wake.wait())]
-            if self._running:
-                waiters.append(asyncio.ensure_future(self._slot_free.wait()))
-            self._slot_free.clear()
-            await asyncio.wait(waiters, timeout=interval, return_when=asyncio.FIRST_COMPLETED)
+            if not self._running and not self._ready:
+                if not tried:
+                    continue  # drained while flushing: look for more before sleeping
+                if self.burst:
+                    return
+                waiters = [asyncio.ensure_future(self._wake.wait())]
+                timeout: float | None = interval
+            else:
+                waiters = [asyncio.ensure_future(self._slot_free.wait())]
+                timeout = interval
+            await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
             for waiter in waiters:
                 waiter.cancel()
+            self._wake.clear()
+            self._slot_free.clear()
+
+    def _start_ready(self) -> None:
+        while self._ready and len(self._running) < self.concurrency:
+            job = self._ready.popleft()
+            self._running[job.id] = asyncio.create_task(self._execute(job), name=f"job-{job.id}")
 
     async def _claim(self, limit: int) -> list[ClaimedJob]:
         lease = self.settings.jobs_lease_seconds
@@ -249,8 +265,10 @@ class Worker:
             JOB_RUN_SECONDS.labels(job.name).observe(perf_counter() - started)
             self._running.pop(job.id, None)
             self._cancelled.discard(job.id)
-            self._slot_free.set()
             request_id_var.reset(token)
+            if not self._stopping.is_set():
+                self._start_ready()
+            self._slot_free.set()
 
     async def _record_failure(self, job: ClaimedJob, exc: Exception) -> None:
         base, cap = self.settings.jobs_backoff_base, self.settings.jobs_backoff_max
@@ -298,9 +316,9 @@ class Worker:
             await self._listen()
 
     async def _heartbeat(self) -> None:
-        if not self._running:
+        ids = [*self._running, *(job.id for job in self._ready)]
+        if not ids:
             return
-        ids = list(self._running)
         async with self.db.acquire() as conn:
             rows = await conn.fetch(HEARTBEAT, ids, self.id, self.settings.jobs_lease_seconds)
         kept = {row["id"] for row in rows}
@@ -319,6 +337,8 @@ class Worker:
                     await enqueue(kind.name, {}, conn=conn, unique_key=f"periodic:{kind.name}")
 
     def _cancel_local(self, job_id: int) -> None:
+        for waiting in [job for job in self._ready if job.id == job_id]:
+            self._ready.remove(waiting)
         task = self._running.get(job_id)
         if task is not None and not task.done():
             self._cancelled.add(job_id)
@@ -352,6 +372,8 @@ class Worker:
             tasks = list(self._running.values())
             await asyncio.wait(tasks, timeout=self.settings.jobs_shutdown_grace)
         leftover = [job_id for job_id, task in self._running.items() if not task.done()]
+        leftover += [job.id for job in self._ready]  # claimed but never started
+        self._ready.clear()
         for task in self._running.values():
             task.cancel()
         await asyncio.gather(*self._running.values(), return_exceptions=True)
