@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import statistics
 import time
 from collections.abc import Awaitable, Callable
@@ -33,6 +34,7 @@ from scripts.benchkit import percentile, postgres
 PICKUPS = 200
 _started: dict[int, float] = {}
 _pickup_started: list[float] = []
+_picked = asyncio.Event()
 _remaining = 0
 _all_done = asyncio.Event()
 
@@ -48,6 +50,7 @@ async def noop() -> None:
 @job(name="bench.pickup", max_attempts=1)
 async def pickup() -> None:
     _pickup_started.append(time.perf_counter())
+    _picked.set()
 
 
 async def run_pgfirst(dsn: str, jobs: int) -> dict[str, float]:
@@ -76,10 +79,10 @@ async def run_pgfirst(dsn: str, jobs: int) -> dict[str, float]:
         latencies = []
         for _ in range(PICKUPS):
             await asyncio.sleep(0.02)
+            _picked.clear()
             sent = time.perf_counter()
             await enqueue("bench.pickup")
-            while len(_pickup_started) < len(latencies) + 1:
-                await asyncio.sleep(0.0002)
+            await _picked.wait()
             latencies.append(_pickup_started[-1] - sent)
         worker.stop()
         await task
@@ -105,10 +108,8 @@ async def run_pgqueuer(dsn: str, jobs: int) -> dict[str, float] | None:
     conn = await asyncpg.connect(dsn)
     driver = AsyncpgDriver(conn)
     queries = Queries(driver)
-    try:
+    with contextlib.suppress(asyncpg.DuplicateObjectError):
         await queries.install()
-    except asyncpg.DuplicateObjectError:
-        pass
     await conn.execute("TRUNCATE pgqueuer")
 
     began = time.perf_counter()
@@ -118,6 +119,7 @@ async def run_pgqueuer(dsn: str, jobs: int) -> dict[str, float] | None:
     remaining = jobs
     done = asyncio.Event()
     pickups: list[float] = []
+    picked = asyncio.Event()
     worker_conn = await asyncpg.connect(dsn)
     pgq = PgQueuer(AsyncpgDriver(worker_conn))
 
@@ -131,6 +133,7 @@ async def run_pgqueuer(dsn: str, jobs: int) -> dict[str, float] | None:
     @pgq.entrypoint("pickup")
     async def pickup_entry(job: Job) -> None:
         pickups.append(time.perf_counter())
+        picked.set()
 
     began = time.perf_counter()
     runner = asyncio.create_task(pgq.run(batch_size=100))
@@ -140,10 +143,10 @@ async def run_pgqueuer(dsn: str, jobs: int) -> dict[str, float] | None:
     latencies = []
     for _ in range(PICKUPS):
         await asyncio.sleep(0.02)
+        picked.clear()
         sent = time.perf_counter()
         await queries.enqueue(["pickup"], [None], [0])
-        while len(pickups) < len(latencies) + 1:
-            await asyncio.sleep(0.0002)
+        await picked.wait()
         latencies.append(pickups[-1] - sent)
     pgq.shutdown.set()
     await asyncio.wait_for(runner, 30)

@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
 import os
 import random
 import socket
 import traceback
 import uuid
+from collections import deque
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from time import perf_counter
