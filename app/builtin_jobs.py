@@ -17,11 +17,11 @@ from app.jobs import job
 
 PRUNE_JOBS = """
 DELETE FROM jobs
-WHERE id IN (
+WHERE id = ANY(ARRAY(
     SELECT id FROM jobs
     WHERE finished_at < now() - make_interval(secs => $1)
     LIMIT $2
-)
+))
 """
 
 

@@ -52,21 +52,23 @@ JOB_WAIT_SECONDS = Histogram(
 QUEUE_DEPTH = Gauge("jobs_available", "Jobs available to run now, by queue.", ["queue"])
 
 CLAIM = """
-WITH next AS (
+UPDATE jobs
+SET state = 'running', attempt = attempt + 1,
+    locked_until = now() + make_interval(secs => $3), locked_by = $4
+WHERE id = ANY(ARRAY(
     SELECT id FROM jobs
     WHERE state = 'available' AND queue = ANY($1::text[]) AND run_at <= now()
     ORDER BY priority DESC, run_at, id
     LIMIT $2
     FOR UPDATE SKIP LOCKED
-)
-UPDATE jobs AS j
-SET state = 'running', attempt = j.attempt + 1,
-    locked_until = now() + make_interval(secs => $3), locked_by = $4
-FROM next
-WHERE j.id = next.id
-RETURNING j.id, j.name, j.args, j.attempt, j.max_attempts, j.request_id,
-          extract(epoch FROM now() - j.run_at) AS waited
+))
+RETURNING id, name, args, attempt, max_attempts, request_id, priority, run_at,
+          extract(epoch FROM now() - run_at) AS waited
 """
+# `id = ANY(ARRAY(subquery))` rather than a join to a CTE: the planner then fetches the
+# claimed rows by primary key instead of hashing a scan of the whole table (a join's row
+# estimate for a LIMIT-ed CTE is poor, and the scan grows with the table). RETURNING comes
+# back in primary-key order, so the worker sorts the batch by priority again.
 COMPLETE = """
 UPDATE jobs
 SET state = 'succeeded', finished_at = now(), locked_until = NULL, locked_by = NULL
@@ -97,10 +99,10 @@ UPDATE jobs SET
     run_at = now(), locked_until = NULL, locked_by = NULL,
     errors = errors || jsonb_build_array(jsonb_build_object(
         'attempt', attempt, 'at', now(), 'error', 'lease expired; worker ' || locked_by || ' lost'))
-WHERE id IN (
+WHERE id = ANY(ARRAY(
     SELECT id FROM jobs WHERE state = 'running' AND locked_until < now()
     FOR UPDATE SKIP LOCKED
-)
+))
 RETURNING id
 """
 RELEASE = """
@@ -183,13 +185,15 @@ class Worker:
     async def _claim_loop(self) -> None:
         interval = self.settings.jobs_poll_interval
         batch = self.settings.jobs_claim_batch
+        # Claim again while half a batch is still waiting, so slots never idle on a claim.
+        low_water = max(self.concurrency, batch // 2)
         while not self._stopping.is_set():
             # Claim ahead of the free slots (up to one batch), so the next jobs are already
             # leased when a slot frees up: one claim statement feeds many jobs.
             claimed: list[ClaimedJob] = []
             tried = False
             capacity = self.concurrency + batch - len(self._running) - len(self._ready)
-            if len(self._ready) < self.concurrency and capacity > 0:
+            if len(self._ready) < low_water and capacity > 0:
                 tried = True
                 claimed = await self._claim(min(batch, capacity))
                 self._ready.extend(claimed)
@@ -197,7 +201,7 @@ class Worker:
             # Successes are recorded a batch at a time, or as soon as the worker is idle.
             if len(self._succeeded) >= batch or not (self._running or self._ready):
                 await self._flush()
-            if claimed and len(self._ready) < self.concurrency:
+            if claimed and len(self._ready) < low_water:
                 continue
             if not self._running and not self._ready:
                 if not tried:
@@ -225,7 +229,7 @@ class Worker:
         async with self.db.acquire() as conn:
             rows = await conn.fetch(CLAIM, self.queues, limit, lease, self.id)
         claimed = []
-        for row in rows:
+        for row in sorted(rows, key=lambda r: (-r["priority"], r["run_at"], r["id"])):
             JOB_WAIT_SECONDS.observe(max(0.0, float(row["waited"])))
             claimed.append(
                 ClaimedJob(

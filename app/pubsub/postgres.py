@@ -65,9 +65,9 @@ LIMIT $3
 SELECT_LAST_ID = "SELECT coalesce(max(id), 0) FROM events"
 PRUNE_EVENTS = """
 DELETE FROM events
-WHERE id IN (
+WHERE id = ANY(ARRAY(
     SELECT id FROM events WHERE created_at < now() - make_interval(secs => $1) LIMIT $2
-)
+))
 """
 
 

@@ -7,9 +7,12 @@ CHECK constraints refuse impossible rows (a running job without a lease, a finis
 without finished_at, more attempts than allowed).
 
 Indexes, each for one query:
-- jobs_claim (queue, priority DESC, run_at, id) WHERE state = 'available': the claim
-  (FOR UPDATE SKIP LOCKED ... ORDER BY priority DESC, run_at LIMIT n). Partial, so it holds
-  only waiting jobs and stays small however many finished rows the table keeps.
+- jobs_claim (priority DESC, run_at, id) WHERE state = 'available': the claim
+  (FOR UPDATE SKIP LOCKED ... ORDER BY priority DESC, run_at, id LIMIT n) reads it in
+  order and stops after n rows; the queue is a filter, because a worker serves several
+  queues and `queue = ANY(...)` before the sort columns would force a sort of every
+  waiting job on each claim. Partial, so it holds only waiting jobs and stays small
+  however many finished rows the table keeps.
 - jobs_lease (locked_until) WHERE state = 'running': rescuing jobs whose worker died.
 - jobs_unique_key (unique_key) WHERE unfinished: dedupe while a job with that key waits or
   runs; afterwards the key is free again.
@@ -70,7 +73,7 @@ def upgrade() -> None:
     )
     """)
     op.execute("""
-    CREATE INDEX jobs_claim ON jobs (queue, priority DESC, run_at, id)
+    CREATE INDEX jobs_claim ON jobs (priority DESC, run_at, id)
     WHERE state = 'available'
     """)
     op.execute("CREATE INDEX jobs_lease ON jobs (locked_until) WHERE state = 'running'")
