@@ -1,4 +1,5 @@
-"""pgfirst's own periodic jobs: the housekeeping each capability needs.
+"""pgfirst's own jobs. Importing this module registers all of them with a worker:
+email (app/auth/mail.py), embeddings (app/search) and the periodic housekeeping below.
 
 - activity log partitions: make ahead, drain DEFAULT, retire (hourly; idempotent);
 - pub/sub events past PUBSUB_RETENTION_SECONDS (hourly);
@@ -11,6 +12,10 @@ you can also call by hand (``app activity maintain`` does for the first).
 
 from __future__ import annotations
 
+import app.auth.mail
+import app.search
+
+_REGISTERED_ELSEWHERE = (app.auth.mail.SEND_EMAIL_JOB, app.search.EMBED_JOB)
 from app.config import get_settings
 from app.db import get_database
 from app.jobs import job

@@ -34,6 +34,8 @@ users_cli = typer.Typer(help="User accounts.")
 cli.add_typer(users_cli, name="users")
 jobs_cli = typer.Typer(help="Background jobs: retry or cancel by id.")
 cli.add_typer(jobs_cli, name="jobs")
+search_cli = typer.Typer(help="Search: embeddings.")
+cli.add_typer(search_cli, name="search")
 err = Console(stderr=True)
 
 
@@ -128,8 +130,7 @@ def worker(
 
     settings = _settings()
     configure_logging(settings)
-    import app.auth.mail
-    import app.builtin_jobs  # noqa: F401 - pgfirst's own jobs (housekeeping, email)
+    import app.builtin_jobs  # noqa: F401 - pgfirst's own jobs
 
     for module in import_ or []:
         importlib.import_module(module)
@@ -320,6 +321,49 @@ def users_create_admin(
 
     created = asyncio.run(run())
     err.print(f"[green]{'created admin' if created else 'made admin'} {address}[/]")
+
+
+@search_cli.command("reindex")
+def search_reindex(
+    everything: Annotated[
+        bool, typer.Option("--all", help="Re-embed every task, not only stale ones.")
+    ] = False,
+) -> None:
+    """Compute missing or stale task embeddings now, with a progress bar."""
+    import asyncio
+
+    from rich.progress import Progress
+
+    from app.db import Database, set_database
+    from app.search import reindex_batches
+
+    settings = _settings()
+
+    async def run() -> int:
+        db = await Database.connect(settings, _database_url(settings))
+        set_database(db)
+        try:
+            async with db.acquire() as conn:
+                total = await conn.fetchval(
+                    "SELECT count(*) FROM tasks"
+                    + (
+                        ""
+                        if everything
+                        else " WHERE embedded_at IS NULL OR embedded_at < updated_at"
+                    )
+                )
+            done = 0
+            with Progress(console=err) as progress:
+                bar = progress.add_task("embedding tasks", total=total)
+                async for count in reindex_batches(everything=everything):
+                    done += count
+                    progress.update(bar, advance=count)
+            return done
+        finally:
+            set_database(None)
+            await db.close()
+
+    err.print(f"[green]embedded {asyncio.run(run())} tasks[/]")
 
 
 @activity_cli.command("maintain")

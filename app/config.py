@@ -165,6 +165,25 @@ class Settings(BaseSettings):
     smtp_password: SecretStr | None = Field(None, description="SMTP password.")
     smtp_starttls: bool = Field(True, description="Upgrade the SMTP connection with STARTTLS.")
 
+    # --- search (docs/search.md) ---------------------------------------------------------
+    search_language: str = Field(
+        "english",
+        pattern=r"^[a-z_]{2,40}$",
+        description="Text search configuration (used by migration 0010 and every query).",
+    )
+    search_fuzzy_threshold: float = Field(
+        0.3, ge=0, le=1, description="Least trigram similarity for mode=fuzzy."
+    )
+    search_max_limit: int = Field(50, ge=1, description="Largest `limit` of /api/search.")
+    search_query_max_chars: int = Field(200, ge=1, description="Longest query accepted.")
+    embedder: Literal["hashing", "sentence-transformers"] = Field(
+        "hashing", description="hashing (built in, offline) or sentence-transformers."
+    )
+    embedder_model: str = Field(
+        "all-MiniLM-L6-v2", description="Model name for EMBEDDER=sentence-transformers."
+    )
+    hnsw_ef_search: int = Field(100, ge=10, description="HNSW candidates per vector query.")
+
     # --- pub/sub (docs/pubsub.md) --------------------------------------------------------
     pubsub_queue_size: int = Field(
         1_000, ge=1, description="Events a subscriber may fall behind before it is dropped."

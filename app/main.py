@@ -16,7 +16,6 @@ from fastapi import FastAPI
 
 from app import builtin_jobs, pubsub
 from app.activity.router import router as activity_router
-from app.auth import mail
 from app.auth.passwords import Passwords
 from app.auth.ratelimit import create_rate_limiter
 from app.auth.router import router as auth_router
@@ -31,9 +30,10 @@ from app.observability.logging import configure_logging
 from app.observability.metrics import PoolCollector, register_collector
 from app.observability.middleware import RequestMiddleware
 from app.pubsub.router import router as events_router
+from app.search.router import router as search_router
 from app.tasks.router import router as tasks_router
 
-_ = builtin_jobs, mail  # register pgfirst's own jobs (housekeeping, email) with every worker
+_ = builtin_jobs  # registers pgfirst's own jobs (housekeeping, email, embeddings)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -90,6 +90,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestMiddleware, max_body_bytes=settings.max_request_body_bytes)
     app.include_router(health.router)
     app.include_router(auth_router)
+    app.include_router(search_router)
     app.include_router(tasks_router)
     app.include_router(activity_router)
     app.include_router(events_router)

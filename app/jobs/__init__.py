@@ -42,8 +42,7 @@ async def run_worker(
     """Run a worker in this process until cancelled (or, with ``burst``, until idle)."""
     import asyncio
 
-    from app import builtin_jobs  # noqa: F401 - registers pgfirst's periodic jobs
-    from app.auth import mail  # noqa: F401 - registers the email job
+    from app import builtin_jobs  # noqa: F401 - registers pgfirst's own jobs
     from app.config import get_settings
     from app.db import get_database
     from app.jobs.worker import Worker

@@ -10,6 +10,7 @@ from app.auth.dependencies import CurrentUser
 from app.db import Record
 from app.db.deps import DatabaseDep, DbConn
 from app.pagination import InvalidCursor, read_timestamp_cursor, timestamp_cursor
+from app.search import request_embedding
 from app.tasks import service
 from app.tasks.schemas import (
     ProjectIn,
@@ -157,6 +158,7 @@ async def create_task(body: TaskIn, user: CurrentUser, db: DatabaseDep) -> TaskO
             service.INSERT_TASK, user.id, body.project_id, body.title, body.body, body.due_at
         )
         await service.announce(conn, user.id, "task.created", ("task", task_id), {})
+        await request_embedding(conn, task_id)
         row = await service.get_task(conn, user.id, task_id)
     assert row is not None
     return _task(row)
@@ -198,6 +200,8 @@ async def update_task(
         if body.completed is not None:
             event = "task.completed" if body.completed else "task.reopened"
         await service.announce(conn, user.id, event, ("task", task_id), {})
+        if "title" in sent or "body" in sent:
+            await request_embedding(conn, task_id)
         row = await service.get_task(conn, user.id, task_id)
     assert row is not None
     return _task(row)

@@ -1,0 +1,94 @@
+"""GET /api/search and GET /api/tasks/{id}/similar."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, HTTPException, Path, Query, Request
+from pydantic import BaseModel
+
+from app.auth.dependencies import CurrentUser
+from app.db.deps import ReadConn
+from app.search import embedder
+from app.search import service as sql
+
+router = APIRouter(tags=["search"])
+Mode = Literal["fulltext", "fuzzy", "semantic", "hybrid"]
+
+
+class Hit(BaseModel):
+    id: int
+    title: str
+    snippet: str
+    score: float
+
+
+class SearchResults(BaseModel):
+    mode: Mode
+    items: list[Hit]
+
+
+@router.get("/api/search")
+async def search_tasks(
+    request: Request,
+    user: CurrentUser,
+    conn: ReadConn,
+    q: Annotated[str, Query(min_length=1, max_length=10_000)],
+    mode: Mode = "fulltext",
+    limit: Annotated[int, Query(ge=1)] = 20,
+) -> SearchResults:
+    settings = request.app.state.settings
+    if limit > settings.search_max_limit:
+        raise HTTPException(422, f"limit must be at most {settings.search_max_limit}")
+    query = q.strip()[: settings.search_query_max_chars]
+    if not query:
+        return SearchResults(mode=mode, items=[])
+    lang = sql.lang_literal(settings.search_language)
+    if mode == "fulltext":
+        snippet = sql.SNIPPET.format(lang=lang)
+        rows = await conn.fetch(
+            sql.FULLTEXT.format(lang=lang, snippet=snippet), user.id, query, limit
+        )
+    elif mode == "fuzzy":
+        escaped = query.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        rows = await conn.fetch(
+            sql.FUZZY, user.id, query, limit, escaped, settings.search_fuzzy_threshold
+        )
+    else:
+        vector = await asyncio.to_thread(embedder().embed, query)
+        async with conn.transaction():
+            await sql.use_iterative_scan(conn, settings.hnsw_ef_search)
+            if mode == "semantic":
+                rows = await conn.fetch(sql.SEMANTIC, user.id, vector, limit)
+            else:
+                rows = await conn.fetch(
+                    sql.HYBRID.format(lang=lang),
+                    user.id,
+                    query,
+                    vector,
+                    max(limit * 2, 40),
+                    1.0,
+                    1.0,
+                    limit,
+                )
+    return SearchResults(mode=mode, items=[Hit(**hit) for hit in sql.rows_out(rows)])
+
+
+@router.get("/api/tasks/{task_id}/similar")
+async def list_similar_tasks(
+    request: Request,
+    user: CurrentUser,
+    conn: ReadConn,
+    task_id: Annotated[int, Path(ge=1, le=2**63 - 1)],
+    limit: Annotated[int, Query(ge=1, le=50)] = 10,
+) -> SearchResults:
+    embedded = await conn.fetchval(sql.OWNS_TASK, user.id, task_id)
+    if embedded is None:
+        raise HTTPException(404, "Task not found")
+    if not embedded:
+        return SearchResults(mode="semantic", items=[])  # its embedding job has not run yet
+    async with conn.transaction():
+        await sql.use_iterative_scan(conn, request.app.state.settings.hnsw_ef_search)
+        rows = await conn.fetch(sql.SIMILAR, user.id, task_id, limit)
+    return SearchResults(mode="semantic", items=[Hit(**hit) for hit in sql.rows_out(rows)])

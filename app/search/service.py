@@ -1,0 +1,118 @@
+"""The search queries. Every one filters by the caller's user_id in SQL.
+
+- fulltext: ``websearch_to_tsquery`` (quotes, OR, -exclusion as users type them) against
+  the weighted tsvector through its GIN index; ranked by ``ts_rank_cd`` with length
+  normalisation (32: rank/(rank+1)), newest first on ties; snippets by ``ts_headline``
+  with «» markers on text that is HTML-escaped first, so a snippet is safe to render.
+- fuzzy: trigram similarity on titles (pg_trgm GIN), for typos and prefixes.
+- semantic: cosine distance on the HNSW index; pgvector's iterative index scan keeps
+  looking past rows of other users until enough of the caller's are found.
+- hybrid: reciprocal rank fusion of the full-text and vector rankings, in ONE statement:
+  score = Σ weight / (60 + rank).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from app.db import Connection
+
+SNIPPET = """
+ts_headline({lang}, replace(replace(replace(t.body, '&', '&amp;'), '<', '&lt;'), '>', '&gt;'),
+            q.tsq, 'StartSel=«,StopSel=»,MaxFragments=2,MaxWords=18,MinWords=6')
+"""
+FULLTEXT = """
+WITH q AS (SELECT websearch_to_tsquery({lang}, $2) AS tsq)
+SELECT t.id, t.title, {snippet} AS snippet,
+       ts_rank_cd(t.search_vector, q.tsq, 32) AS score
+FROM tasks t, q
+WHERE t.user_id = $1 AND t.search_vector @@ q.tsq
+ORDER BY score DESC, t.created_at DESC, t.id DESC
+LIMIT $3
+"""
+FUZZY = """
+SELECT t.id, t.title, left(t.body, 160) AS snippet,
+       greatest(similarity(t.title, $2), word_similarity($2, t.title)) AS score
+FROM tasks t
+WHERE t.user_id = $1
+  AND (t.title % $2 OR $2 <% t.title OR t.title ILIKE $4 || '%')
+  AND greatest(similarity(t.title, $2), word_similarity($2, t.title)) >= $5
+ORDER BY score DESC, t.created_at DESC
+LIMIT $3
+"""
+SEMANTIC = """
+SELECT t.id, t.title, left(t.body, 160) AS snippet, 1 - (t.embedding <=> $2) AS score
+FROM tasks t
+WHERE t.user_id = $1 AND t.embedding IS NOT NULL
+ORDER BY t.embedding <=> $2
+LIMIT $3
+"""
+# Each side ranks its own top candidates; the FULL JOIN fuses them.
+HYBRID = """
+WITH q AS (SELECT websearch_to_tsquery({lang}, $2) AS tsq),
+text_hits AS (
+    SELECT t.id, row_number() OVER (
+               ORDER BY ts_rank_cd(t.search_vector, q.tsq, 32) DESC, t.created_at DESC) AS rank
+    FROM tasks t, q
+    WHERE t.user_id = $1 AND t.search_vector @@ q.tsq
+    ORDER BY rank
+    LIMIT $4
+),
+vector_hits AS (
+    SELECT id, row_number() OVER (ORDER BY distance) AS rank
+    FROM (
+        SELECT t.id, t.embedding <=> $3 AS distance
+        FROM tasks t
+        WHERE t.user_id = $1 AND t.embedding IS NOT NULL
+        ORDER BY t.embedding <=> $3
+        LIMIT $4
+    ) AS nearest
+),
+fused AS (
+    SELECT coalesce(x.id, v.id) AS id,
+           coalesce($5 / (60.0 + x.rank), 0) + coalesce($6 / (60.0 + v.rank), 0) AS score
+    FROM text_hits x FULL JOIN vector_hits v ON v.id = x.id
+)
+SELECT t.id, t.title, left(t.body, 160) AS snippet, f.score
+FROM fused f JOIN tasks t ON t.id = f.id
+ORDER BY f.score DESC, t.id DESC
+LIMIT $7
+"""
+SIMILAR = """
+SELECT t.id, t.title, left(t.body, 160) AS snippet, 1 - (t.embedding <=> s.embedding) AS score
+FROM tasks s
+JOIN tasks t ON t.user_id = s.user_id AND t.id <> s.id AND t.embedding IS NOT NULL
+WHERE s.user_id = $1 AND s.id = $2
+ORDER BY t.embedding <=> s.embedding
+LIMIT $3
+"""
+OWNS_TASK = "SELECT embedding IS NOT NULL FROM tasks WHERE user_id = $1 AND id = $2"
+SET_EMBEDDING = """
+UPDATE tasks SET embedding = $2, embedded_at = now()
+WHERE id = $1 AND updated_at <= $3
+"""
+STALE = """
+SELECT id, title, body, updated_at FROM tasks
+WHERE id > $1 AND (embedded_at IS NULL OR embedded_at < updated_at)
+ORDER BY id
+LIMIT $2
+"""
+ALL_FROM = "SELECT id, title, body, updated_at FROM tasks WHERE id > $1 ORDER BY id LIMIT $2"
+
+
+def lang_literal(language: str) -> str:
+    """The configuration as a regconfig literal (the name is validated by Settings)."""
+    return f"'{language}'::regconfig"
+
+
+async def use_iterative_scan(conn: Connection, ef_search: int) -> None:
+    """Per-transaction pgvector settings for filtered HNSW queries (pgvector >= 0.8)."""
+    await conn.execute(f"SET LOCAL hnsw.ef_search = {int(ef_search)}")
+    await conn.execute("SET LOCAL hnsw.iterative_scan = strict_order")
+
+
+def rows_out(rows: list[Any]) -> list[dict[str, Any]]:
+    return [
+        {"id": r["id"], "title": r["title"], "snippet": r["snippet"], "score": float(r["score"])}
+        for r in rows
+    ]
