@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import app.auth.mail
 import app.search
-
-_REGISTERED_ELSEWHERE = (app.auth.mail.SEND_EMAIL_JOB, app.search.EMBED_JOB)
 from app.config import get_settings
 from app.db import get_database
 from app.jobs import job
+
+# Imported for their @job registrations.
+_REGISTERED_ELSEWHERE = (app.auth.mail.SEND_EMAIL_JOB, app.search.EMBED_JOB)
 
 PRUNE_JOBS = """
 DELETE FROM jobs

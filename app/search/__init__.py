@@ -75,9 +75,7 @@ async def reindex_batches(*, everything: bool = False, batch: int = 500) -> Asyn
         if not rows:
             return
         texts = [f"{r['title']}\n{r['body']}" for r in rows]
-        vectors = await asyncio.to_thread(
-            lambda batch_texts=texts: [model.embed(t) for t in batch_texts]
-        )
+        vectors = await asyncio.to_thread(_embed_all, model, texts)
         async with db.transaction() as conn:
             await conn.executemany(
                 SET_EMBEDDING,
