@@ -52,9 +52,9 @@ async def search_tasks(
         )
     elif mode == "fuzzy":
         escaped = query.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        rows = await conn.fetch(
-            sql.FUZZY, user.id, query, limit, escaped, settings.search_fuzzy_threshold
-        )
+        async with conn.transaction():
+            await conn.execute(sql.SET_FUZZY_THRESHOLD, str(settings.search_fuzzy_threshold))
+            rows = await conn.fetch(sql.FUZZY, user.id, query, limit, escaped)
     else:
         vector = await asyncio.to_thread(embedder().embed, query)
         async with conn.transaction():

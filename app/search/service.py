@@ -30,16 +30,17 @@ WHERE t.user_id = $1 AND t.search_vector @@ q.tsq
 ORDER BY score DESC, t.created_at DESC, t.id DESC
 LIMIT $3
 """
+# `<%` (word similarity above pg_trgm.word_similarity_threshold, set per transaction) and
+# the prefix ILIKE can both use the trigram GIN index on title.
 FUZZY = """
 SELECT t.id, t.title, left(t.body, 160) AS snippet,
-       greatest(similarity(t.title, $2), word_similarity($2, t.title)) AS score
+       word_similarity($2, t.title) AS score
 FROM tasks t
-WHERE t.user_id = $1
-  AND (t.title % $2 OR $2 <% t.title OR t.title ILIKE $4 || '%')
-  AND greatest(similarity(t.title, $2), word_similarity($2, t.title)) >= $5
+WHERE t.user_id = $1 AND ($2 <% t.title OR t.title ILIKE $4 || '%')
 ORDER BY score DESC, t.created_at DESC
 LIMIT $3
 """
+SET_FUZZY_THRESHOLD = "SELECT set_config('pg_trgm.word_similarity_threshold', $1, true)"
 SEMANTIC = """
 SELECT t.id, t.title, left(t.body, 160) AS snippet, 1 - (t.embedding <=> $2) AS score
 FROM tasks t

@@ -1,0 +1,166 @@
+"""Search: ranking, snippets, typos, vectors, fusion, isolation and hostile input."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from app.jobs.worker import Worker
+from app.search.embedder import DIMENSIONS, HashingEmbedder
+from tests.auth_helpers import new_user
+
+CORPUS = [
+    ("Invoice for ACME", "send the quarterly invoice before friday"),
+    ("Weekly planning", "review the invoice pipeline and the budget"),
+    ("Garden", "water the tomatoes and the roses"),
+    ("Budget review", "prepare budget numbers for the board meeting"),
+    ("Dentist appointment", "call the dentist about the <script>alert(1)</script> bill"),
+    ("Quarterly report", "write the quarterly report draft"),
+]
+
+
+async def embed_all(client: httpx.AsyncClient) -> None:
+    app: FastAPI = client._transport.app  # type: ignore[attr-defined]
+    await Worker(app.state.db, app.state.settings, queues=["search"], burst=True).run()
+
+
+@pytest.fixture
+async def alice(client: httpx.AsyncClient) -> dict[str, str]:
+    headers = await new_user(client, "alice@example.com")
+    for title, body in CORPUS:
+        response = await client.post(
+            "/api/tasks", json={"title": title, "body": body}, headers=headers
+        )
+        assert response.status_code == 201
+    await embed_all(client)
+    return headers
+
+
+async def search(
+    client: httpx.AsyncClient, headers: dict[str, str], q: str, mode: str = "fulltext"
+) -> list[dict[str, object]]:
+    response = await client.get("/api/search", params={"q": q, "mode": mode}, headers=headers)
+    assert response.status_code == 200, response.text
+    return response.json()["items"]  # type: ignore[no-any-return]
+
+
+def titles(hits: list[dict[str, object]]) -> list[object]:
+    return [hit["title"] for hit in hits]
+
+
+async def test_title_matches_rank_above_body_matches(
+    client: httpx.AsyncClient, alice: dict[str, str]
+) -> None:
+    hits = await search(client, alice, "invoice")
+    assert titles(hits)[:2] == ["Invoice for ACME", "Weekly planning"]
+
+
+async def test_phrase_and_exclusion_work_as_typed(
+    client: httpx.AsyncClient, alice: dict[str, str]
+) -> None:
+    assert titles(await search(client, alice, '"quarterly invoice"')) == ["Invoice for ACME"]
+    assert "Budget review" not in titles(await search(client, alice, "budget -board"))
+    assert "Weekly planning" in titles(await search(client, alice, "budget -board"))
+    assert set(titles(await search(client, alice, "tomatoes OR dentist"))) == {
+        "Garden",
+        "Dentist appointment",
+    }
+
+
+async def test_snippets_highlight_and_escape(
+    client: httpx.AsyncClient, alice: dict[str, str]
+) -> None:
+    [hit] = await search(client, alice, "dentist")
+    snippet = str(hit["snippet"])
+    assert "«dentist»" in snippet
+    assert "<script>" not in snippet
+    assert "&lt;script&gt;" in snippet
+
+
+async def test_fuzzy_finds_a_misspelt_word(
+    client: httpx.AsyncClient, alice: dict[str, str]
+) -> None:
+    assert titles(await search(client, alice, "dentsit", "fuzzy"))[0] == "Dentist appointment"
+    assert "Quarterly report" in titles(await search(client, alice, "quart", "fuzzy"))
+
+
+async def test_semantic_and_similar_after_the_embedding_job(
+    client: httpx.AsyncClient, alice: dict[str, str], db_conn: object
+) -> None:
+    assert await db_conn.fetchval("SELECT count(*) FROM tasks WHERE embedding IS NULL") == 0  # type: ignore[attr-defined]
+    hits = await search(client, alice, "invoices quarterly", "semantic")
+    assert titles(hits)[0] == "Invoice for ACME"
+    task_id = hits[0]["id"]
+    similar = (await client.get(f"/api/tasks/{task_id}/similar", headers=alice)).json()["items"]
+    assert task_id not in [hit["id"] for hit in similar]
+    assert len(similar) == len(CORPUS) - 1
+    assert titles(similar)[0] in {"Weekly planning", "Quarterly report"}
+
+
+async def test_hybrid_contains_the_best_of_both(
+    client: httpx.AsyncClient, alice: dict[str, str]
+) -> None:
+    text_best = titles(await search(client, alice, "budget"))[0]
+    vector_best = titles(await search(client, alice, "budget", "semantic"))[0]
+    hybrid = titles(await search(client, alice, "budget", "hybrid"))
+    assert text_best in hybrid[:3]
+    assert vector_best in hybrid[:3]
+
+
+async def test_editing_a_task_refreshes_its_embedding(
+    client: httpx.AsyncClient, alice: dict[str, str], db_conn: object
+) -> None:
+    [hit] = await search(client, alice, "tomatoes")
+    await client.patch(
+        f"/api/tasks/{hit['id']}", json={"body": "buy a new lawnmower"}, headers=alice
+    )
+    stale = await db_conn.fetchval(
+        "SELECT embedded_at < updated_at FROM tasks WHERE id = $1", hit["id"]
+    )  # type: ignore[attr-defined]
+    assert stale is True
+    await embed_all(client)
+    assert titles(await search(client, alice, "lawnmower", "semantic"))[0] == "Garden"
+
+
+@pytest.mark.parametrize("mode", ["fulltext", "fuzzy", "semantic", "hybrid"])
+async def test_users_only_find_their_own_tasks(
+    client: httpx.AsyncClient, alice: dict[str, str], mode: str
+) -> None:
+    bob = await new_user(client, "bob@example.com")
+    assert await search(client, bob, "invoice budget quarterly", mode) == []
+    mine = (await client.get("/api/tasks", headers=alice)).json()["items"][0]["id"]
+    assert (await client.get(f"/api/tasks/{mine}/similar", headers=bob)).status_code == 404
+
+
+@pytest.mark.parametrize(
+    "q", ["&|!:*()", "'", '"', "-", "a" * 10_000, "ünïcødé 漢字 🙂", "\\", "%_%", "<>", "OR OR -"]
+)
+@pytest.mark.parametrize("mode", ["fulltext", "fuzzy", "semantic", "hybrid"])
+async def test_hostile_queries_never_fail(
+    client: httpx.AsyncClient, alice: dict[str, str], q: str, mode: str
+) -> None:
+    response = await client.get("/api/search", params={"q": q, "mode": mode}, headers=alice)
+    assert response.status_code in (200, 422), response.text
+
+
+async def test_bad_search_parameters_are_422(
+    client: httpx.AsyncClient, alice: dict[str, str]
+) -> None:
+    for params in (
+        {"q": ""},
+        {"q": "x", "mode": "magic"},
+        {"q": "x", "limit": 1000},
+        {"q": "a" * 10_001},
+    ):
+        response = await client.get("/api/search", params=params, headers=alice)
+        assert response.status_code == 422
+
+
+def test_hashing_embedder_is_deterministic_and_normalised() -> None:
+    embedder = HashingEmbedder()
+    first, again = embedder.embed("Quarterly invoice"), embedder.embed("Quarterly invoice")
+    assert first == again
+    assert len(first) == DIMENSIONS
+    assert abs(sum(v * v for v in first) - 1.0) < 1e-9
+    assert abs(sum(v * v for v in embedder.embed("")) - 1.0) < 1e-9
