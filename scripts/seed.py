@@ -169,6 +169,9 @@ FROM generate_series($1::bigint, $2::bigint) AS g,
 """
 
 
+LONG = 4 * 3600  # seconds: bulk statements outlive the app's command timeout
+
+
 def _embed_chunk(texts: list[str]) -> list[list[float]]:
     model = HashingEmbedder()
     return [model.embed(text) for text in texts]
@@ -193,7 +196,7 @@ async def seed(dsn: str, tasks: int, users: int) -> None:
     step = 100_000
     for low in range(1, tasks + 1, step):
         high = min(tasks, low + step - 1)
-        await conn.execute(GENERATE, low, high, WORDS, len(WORDS), ids)
+        await conn.execute(GENERATE, low, high, WORDS, len(WORDS), ids, timeout=LONG)
         print(f"  tasks {high:,}/{tasks:,}", flush=True)
     print(f"text: {time.perf_counter() - began:.0f} s", flush=True)
 
@@ -219,16 +222,18 @@ async def seed(dsn: str, tasks: int, users: int) -> None:
             after = rows[-1]["id"]
     await conn.execute(
         "UPDATE tasks t SET embedding = s.embedding, embedded_at = now() "
-        "FROM seed_vectors s WHERE t.id = s.id"
+        "FROM seed_vectors s WHERE t.id = s.id",
+        timeout=LONG,
     )
     print(f"embeddings: {time.perf_counter() - began:.0f} s", flush=True)
     began = time.perf_counter()
     await conn.execute("SET maintenance_work_mem = '1GB'")
     await conn.execute(
         "CREATE INDEX tasks_embedding ON tasks USING hnsw (embedding vector_cosine_ops) "
-        "WITH (m = 16, ef_construction = 64)"
+        "WITH (m = 16, ef_construction = 64)",
+        timeout=LONG,
     )
-    await conn.execute("VACUUM ANALYZE tasks")
+    await conn.execute("VACUUM ANALYZE tasks", timeout=LONG)
     print(f"HNSW index + vacuum: {time.perf_counter() - began:.0f} s", flush=True)
     await conn.close()
     await db.close()
