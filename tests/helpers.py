@@ -115,3 +115,31 @@ async def live_server(app: object) -> AsyncIterator[str]:
 
 async def _started(server: object) -> bool:
     return bool(getattr(server, "started", False))
+
+
+async def run_cli(*args: str, **env: str) -> tuple[int, str]:
+    """Run ``app <args>`` in a subprocess with ENV=test plus ``env``; (exit code, stderr)."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "app.cli",
+        *args,
+        env={**os.environ, "ENV": "test", **env},
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, stderr = await process.communicate()
+    assert process.returncode is not None
+    return process.returncode, stderr.decode()
+
+
+async def flushed_redis(url: str) -> str:
+    """Empty the test Redis (tests share one server) and return its URL."""
+    from redis.asyncio import Redis
+
+    redis = Redis.from_url(url)
+    try:
+        await redis.flushdb()
+    finally:
+        await redis.aclose()
+    return url

@@ -7,6 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 from app.cli import cli
+from tests.helpers import run_cli
 
 runner = CliRunner()
 
@@ -51,36 +52,17 @@ async def test_migrate_brings_a_new_database_to_head(
     create_database: Callable[..., object],
 ) -> None:
     dsn: str = await create_database()  # type: ignore[misc]
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "app.cli",
-        "migrate",
-        env={**os.environ, "DATABASE_URL": dsn, "ENV": "test"},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    _, stderr = await process.communicate()
-    assert process.returncode == 0
-    assert b"migrated to head" in stderr
+    code, stderr = await run_cli("migrate", DATABASE_URL=dsn)
+    assert code == 0
+    assert "migrated to head" in stderr
 
 
 async def test_activity_maintain_creates_partitions(database_url: str) -> None:
     import asyncpg
 
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "app.cli",
-        "activity",
-        "maintain",
-        env={**os.environ, "DATABASE_URL": database_url, "ENV": "test"},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    _, stderr = await process.communicate()
-    assert process.returncode == 0, stderr.decode()
-    assert b"created ['activity_logs_p" in stderr
+    code, stderr = await run_cli("activity", "maintain", DATABASE_URL=database_url)
+    assert code == 0, stderr
+    assert "created ['activity_logs_p" in stderr
     conn = await asyncpg.connect(database_url)
     try:
         count = await conn.fetchval(

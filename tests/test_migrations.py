@@ -1,11 +1,10 @@
 import asyncio
-import os
-import sys
 from collections.abc import Callable
 
 import asyncpg
 
 from app.db import migrate
+from tests.helpers import run_cli
 
 
 async def _extensions(dsn: str) -> set[str]:
@@ -42,18 +41,9 @@ async def test_migrations_go_up_down_and_up_again(create_database: Callable[...,
 
 
 async def _app_migrate(dsn: str) -> int:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "app.cli",
-        "migrate",
-        env={**os.environ, "DATABASE_URL": dsn, "ENV": "test"},
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    _, stderr = await process.communicate()
-    assert process.returncode == 0, stderr.decode()
-    return process.returncode
+    code, stderr = await run_cli("migrate", DATABASE_URL=dsn)
+    assert code == 0, stderr
+    return code
 
 
 async def test_two_processes_migrating_at_once_take_turns(

@@ -14,7 +14,7 @@ from redis.asyncio import Redis
 from app.config import Settings
 from app.main import create_app
 from app.pubsub import Broker, Event, SubscriberDropped, Subscription, publish, subscribe
-from tests.helpers import eventually
+from tests.helpers import eventually, flushed_redis
 
 
 @pytest.fixture(params=["postgres", "redis"])
@@ -28,11 +28,7 @@ async def running_app(
 ) -> AsyncIterator[FastAPI]:
     overrides: dict[str, Any] = {"pubsub_backend": backend, "pubsub_queue_size": 50}
     if backend == "redis":
-        url = request.getfixturevalue("redis_url")
-        redis = Redis.from_url(url)
-        await redis.flushdb()
-        await redis.aclose()
-        overrides["redis_url"] = url
+        overrides["redis_url"] = await flushed_redis(request.getfixturevalue("redis_url"))
     app = create_app(make_settings(**overrides))
     async with app.router.lifespan_context(app):
         yield app

@@ -6,12 +6,11 @@ from collections.abc import AsyncIterator, Callable
 
 import httpx
 import pytest
-from redis.asyncio import Redis
 
 from app.config import Settings
 from app.main import create_app
 from tests.auth_helpers import PASSWORD, new_user
-from tests.helpers import eventually
+from tests.helpers import eventually, flushed_redis
 
 
 @pytest.fixture(params=["postgres", "redis"])
@@ -26,11 +25,7 @@ async def limited_client(
         "rate_limit_window_seconds": 3600,
     }
     if request.param == "redis":
-        url = request.getfixturevalue("redis_url")
-        redis = Redis.from_url(url)
-        await redis.flushdb()
-        await redis.aclose()
-        overrides["redis_url"] = url
+        overrides["redis_url"] = await flushed_redis(request.getfixturevalue("redis_url"))
     app = create_app(make_settings(**overrides))
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)

@@ -46,6 +46,14 @@ def _after(secret: str, cursor: str | None) -> tuple[Any, int] | None:
         raise HTTPException(400, "Invalid cursor") from None
 
 
+def _next_cursor(secret: str, rows: list[Record], limit: int) -> str | None:
+    """Rows were fetched with LIMIT limit + 1: one more means another page follows."""
+    if len(rows) <= limit:
+        return None
+    last = rows[limit - 1]
+    return timestamp_cursor(secret, last["created_at"], last["id"])
+
+
 def _task(row: Record) -> TaskOut:
     return TaskOut(**dict(row), completed=row["completed_at"] is not None)
 
@@ -64,12 +72,7 @@ async def list_projects(
         sql = service.LIST_PROJECTS.format(after="AND (created_at, id) < ($3, $4)")
         rows = await conn.fetch(sql, user.id, limit + 1, *after)
     items = [ProjectOut(**dict(row)) for row in rows[:limit]]
-    more = len(rows) > limit
-    last = items[-1] if items else None
-    return ProjectPage(
-        items=items,
-        next_cursor=timestamp_cursor(secret, last.created_at, last.id) if more and last else None,
-    )
+    return ProjectPage(items=items, next_cursor=_next_cursor(secret, rows, limit))
 
 
 @router.post("/api/projects", status_code=status.HTTP_201_CREATED)
@@ -138,12 +141,8 @@ async def list_tasks(
     if after is not None:
         args.extend(after)
     rows = await conn.fetch(sql, *args)
-    items = [_task(row) for row in rows[:limit]]
-    more = len(rows) > limit
-    last = items[-1] if items else None
     return TaskPage(
-        items=items,
-        next_cursor=timestamp_cursor(secret, last.created_at, last.id) if more and last else None,
+        items=[_task(row) for row in rows[:limit]], next_cursor=_next_cursor(secret, rows, limit)
     )
 
 
