@@ -12,7 +12,8 @@ COPY pyproject.toml uv.lock README.md ./
 RUN uv sync --frozen --no-dev --no-install-project
 COPY app ./app
 COPY migrations ./migrations
-RUN uv sync --frozen --no-dev --no-editable
+# Editable: the code runs from /app/app, next to /app/migrations that `app migrate` reads.
+RUN uv sync --frozen --no-dev
 
 FROM python:3.12-slim
 RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin pgfirst
