@@ -189,7 +189,10 @@ async def test_request_id_travels_with_the_job(db: Database, job_settings: Setti
         request_id_var.reset(token)
     await drain(db, job_settings)
     async with db.acquire() as conn:
-        assert await conn.fetchval("SELECT request_id FROM test_job_runs") == "req-from-http"
+        assert (
+            await conn.fetchval("SELECT request_id FROM test_job_runs WHERE kind = 'record'")
+            == "req-from-http"
+        )
 
 
 async def test_listener_loss_falls_back_to_polling_and_recovers(
@@ -281,6 +284,18 @@ async def test_two_workers_never_run_the_same_job(db: Database, database_url: st
             "SELECT state::text, count(*) FROM jobs WHERE name = 'test.unique_run' GROUP BY 1"
         )
     assert {row[0]: row[1] for row in states} == {"succeeded": 300}
+
+
+async def test_a_lone_burst_worker_runs_due_periodic_jobs(
+    db: Database, job_settings: Settings
+) -> None:
+    await drain(db, job_settings)
+    assert len(await runs(db, "periodic")) == 1
+    async with db.acquire() as conn:
+        names = {
+            r["name"] for r in await conn.fetch("SELECT name FROM jobs WHERE state = 'succeeded'")
+        }
+    assert {"pgfirst.prune_jobs", "pgfirst.maintain_activity_partitions"} <= names
 
 
 async def test_a_periodic_job_runs_once_per_slot_across_workers(

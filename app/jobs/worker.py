@@ -116,11 +116,12 @@ SELECT queue, count(*) AS n FROM jobs
 WHERE state = 'available' AND run_at <= now()
 GROUP BY queue
 """
+# Two statements, not one: an UPDATE cannot see a row inserted by a CTE of its own statement.
+SEED_SLOT = """
+INSERT INTO job_schedule (name, last_slot) VALUES ($1, '-infinity')
+ON CONFLICT (name) DO NOTHING
+"""
 CLAIM_SLOT = """
-WITH seed AS (
-    INSERT INTO job_schedule (name, last_slot) VALUES ($1, '-infinity')
-    ON CONFLICT (name) DO NOTHING
-)
 UPDATE job_schedule SET last_slot = $2 WHERE name = $1 AND last_slot < $2
 RETURNING name
 """
@@ -337,6 +338,7 @@ class Worker:
                 continue
             slot = kind.cron.latest_slot(now)
             async with self.db.transaction() as conn:
+                await conn.execute(SEED_SLOT, kind.name)
                 if await conn.fetchval(CLAIM_SLOT, kind.name, slot) is not None:
                     await enqueue(kind.name, {}, conn=conn, unique_key=f"periodic:{kind.name}")
 
