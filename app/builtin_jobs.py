@@ -4,7 +4,9 @@ email (app/auth/mail.py), embeddings (app/search) and the periodic housekeeping 
 - activity log partitions: make ahead, drain DEFAULT, retire (hourly; idempotent);
 - pub/sub events past PUBSUB_RETENTION_SECONDS (hourly);
 - rate-limit counters from past windows (hourly);
-- finished jobs past JOBS_RETENTION_HOURS, in batches (every 10 minutes).
+- finished jobs past JOBS_RETENTION_HOURS, in batches (every 10 minutes);
+- expired cache entries and the cache size cap (every minute);
+- the user_stats materialized view, every STATS_REFRESH_SECONDS (checked every minute).
 
 Each runs once per slot across every worker (app/jobs/worker.py) and is a plain function
 you can also call by hand (``app activity maintain`` does for the first).
@@ -71,3 +73,20 @@ async def prune_jobs(batch: int = 10_000) -> int:
         deleted += count
         if count < batch:
             return deleted
+
+
+@job(name="pgfirst.purge_cache", cron="* * * * *")
+async def purge_cache() -> dict[str, int]:
+    """Expired cache rows out, then the oldest past CACHE_MAX_ENTRIES (bounded batches)."""
+    from app.cache import cache
+
+    expired, evicted = await cache.purge()
+    return {"expired": expired, "evicted": evicted}
+
+
+@job(name="pgfirst.refresh_user_stats", cron="* * * * *", timeout=600)
+async def refresh_user_stats() -> bool:
+    """REFRESH ... CONCURRENTLY user_stats when the last refresh is STATS_REFRESH_SECONDS old."""
+    from app.cache.views import refresh_user_stats as refresh
+
+    return await refresh(await get_database(), every=get_settings().stats_refresh_seconds)

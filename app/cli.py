@@ -301,23 +301,32 @@ def users_create_admin(
     settings = _settings()
 
     async def run() -> bool:
+        from app.cache import cache
+
         password_hash = await Passwords(settings).hash(password)
         db = await Database.connect(settings, _database_url(settings))
         try:
             async with db.transaction() as conn:
-                created = await conn.fetchval(
+                row = await conn.fetchrow(
                     """
                     INSERT INTO users (email, password_hash, is_admin, email_verified_at)
                     VALUES ($1, $2, true, now())
                     ON CONFLICT (email) DO UPDATE SET is_admin = true
-                    RETURNING (xmax = 0)
+                    RETURNING id, (xmax = 0) AS created
                     """,
                     address,
                     password_hash,
                 )
+            assert row is not None
+            # Sessions cached as non-admin would otherwise linger for CACHE_AUTH_TTL_SECONDS.
+            await cache.start(settings, db)
+            try:
+                await cache.delete_prefix(f"auth:{row['id']}:")
+            finally:
+                await cache.stop()
         finally:
             await db.close()
-        return bool(created)
+        return bool(row["created"])
 
     created = asyncio.run(run())
     err.print(f"[green]{'created admin' if created else 'made admin'} {address}[/]")

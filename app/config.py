@@ -210,6 +210,52 @@ class Settings(BaseSettings):
     )
     activity_page_limit: int = Field(100, ge=1, description="Largest page of /api/activity.")
 
+    # --- cache (docs/cache.md) ------------------------------------------------------------
+    cache_default_ttl_seconds: float = Field(300.0, gt=0, description="TTL when none is given.")
+    cache_timeout_seconds: float = Field(
+        0.25, gt=0, description="Longest a cache call may take before it counts as a miss."
+    )
+    cache_pool_size: int = Field(
+        4, ge=1, description="Connections of the Postgres cache backend's own pool."
+    )
+    cache_l1_max_entries: int = Field(
+        10_000, ge=0, description="Entries of the in-process L1 tier (0 turns it off)."
+    )
+    cache_l1_ttl_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="Longest an entry stays in L1 (it also never outlives the backend's).",
+    )
+    cache_max_value_bytes: int = Field(
+        1_048_576, ge=1, description="Largest serialised value stored; larger ones are skipped."
+    )
+    cache_max_entries: int = Field(
+        100_000, ge=1, description="Rows the Postgres cache keeps; the oldest written go first."
+    )
+    cache_purge_batch: int = Field(5_000, ge=1, description="Rows deleted per purge statement.")
+    cache_lock_ttl_seconds: float = Field(
+        30.0, gt=0, description="Lease of a get_or_set loader's lock (frees a crashed loader)."
+    )
+    cache_lock_wait_seconds: float = Field(
+        5.0, ge=0, description="How long get_or_set waits for another loader before loading."
+    )
+    cache_early_refresh_ratio: float = Field(
+        0.1,
+        ge=0,
+        lt=1,
+        description="get_or_set reloads in the background within this share "
+        "of the TTL before expiry (0 turns it off).",
+    )
+    cache_auth_ttl_seconds: float = Field(
+        30.0, ge=0, description="How long the user behind a token is cached (0 turns it off)."
+    )
+    cache_list_ttl_seconds: float = Field(
+        300.0, ge=0, description="How long list responses are cached (0 turns it off)."
+    )
+    stats_refresh_seconds: int = Field(
+        300, ge=60, description="Interval between refreshes of the user_stats view."
+    )
+
     # --- scaling signal thresholds (docs/signals.md) -----------------------------------
     signal_slow_query_mean_ms: float = Field(200, description="Common query mean time.")
     signal_hot_key_reads_per_minute: float = Field(100, description="Same key read per minute.")

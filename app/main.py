@@ -1,7 +1,8 @@
 """create_app(): wiring only.
 
 The lifespan starts things in one readable order and stops them in reverse:
-pools → pub/sub listener → auth (hasher, rate limiter) → job worker
+pools → pub/sub listener → cache (backend, L1 listener) → auth (hasher, rate limiter)
+→ job worker
 (only with JOBS_INLINE_WORKER; production runs `app worker` separately).
 Nothing here does I/O at import time.
 """
@@ -20,6 +21,9 @@ from app.auth.passwords import Passwords
 from app.auth.ratelimit import create_rate_limiter
 from app.auth.router import router as auth_router
 from app.auth.service import Auth
+from app.cache import cache
+from app.cache.metrics import CacheCollector
+from app.cache.views import router as stats_router
 from app.config import Settings, get_settings, set_settings
 from app.db import Database, set_database
 from app.jobs.router import router as jobs_router
@@ -66,6 +70,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             stack.callback(pubsub.set_broker, None)
             app.state.health_checks["pubsub"] = broker.health
 
+            await cache.start(settings, db)
+            stack.push_async_callback(cache.stop)
+            stack.callback(register_collector(CacheCollector(cache)))
+            app.state.cache = cache
+            app.state.health_checks["cache"] = cache.health
+
             app.state.auth = Auth(settings, db, Passwords(settings))
             limiter = create_rate_limiter(settings, db)
             stack.push_async_callback(limiter.close)
@@ -93,6 +103,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(search_router)
     app.include_router(tasks_router)
     app.include_router(activity_router)
+    app.include_router(stats_router)
     app.include_router(events_router)
     app.include_router(jobs_router)
     return app

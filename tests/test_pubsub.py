@@ -139,7 +139,7 @@ async def _kill_listener(app: FastAPI, backend: str) -> None:
             killed = await conn.fetchval(
                 """
                 SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
-                WHERE datname = current_database() AND query LIKE 'LISTEN%'
+                WHERE datname = current_database() AND query LIKE 'LISTEN "pgfirst.%'
                 """
             )
         assert killed == 1

@@ -6,6 +6,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from app.cache import cache
 from app.observability.access import OpsAccess
 from tests.auth_helpers import new_user
 
@@ -249,5 +250,11 @@ async def test_ops_access_needs_an_admin_or_the_ops_token(
     assert (
         await client.get("/ops/test", headers={"Authorization": "Bearer nope"})
     ).status_code == 403
-    await db_conn.execute("UPDATE users SET is_admin = true WHERE email = 'alice@example.com'")  # type: ignore[attr-defined]
+    user_id = await db_conn.fetchval(  # type: ignore[attr-defined]
+        "UPDATE users SET is_admin = true WHERE email = 'alice@example.com' RETURNING id"
+    )
+    # Still cached as a non-admin until the cached session state is dropped (as
+    # `app users create-admin` does) or CACHE_AUTH_TTL_SECONDS pass.
+    assert (await client.get("/ops/test", headers=alice)).status_code == 403
+    await cache.delete_prefix(f"auth:{user_id}:")
     assert (await client.get("/ops/test", headers=alice)).status_code == 200

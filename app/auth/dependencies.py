@@ -1,9 +1,10 @@
 """FastAPI dependencies: ``CurrentUser``, ``CurrentSession``, ``AdminUser``, ``AuthDep``.
 
 A request is authenticated by ``Authorization: Bearer <access token>``: the signature and
-expiry are checked in memory, then one query loads the user and checks that the session
-was not ended (logout, logout-all, password change). 401 otherwise, with
-``WWW-Authenticate: Bearer``.
+expiry are checked in memory, then the user and whether the session still stands (no
+logout, logout-all, password change since) come from the cache, or from one query on a
+miss (``Auth.user_for_token``). 401 otherwise, with ``WWW-Authenticate: Bearer``.
+No pooled connection is held for authentication itself.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from fastapi import Depends, HTTPException, Request
 
 from app.auth.service import Auth, User
 from app.auth.tokens import AccessClaims, InvalidToken, read_access_token
-from app.db.deps import DbConn
 
 UNAUTHORIZED = {"WWW-Authenticate": "Bearer"}
 
@@ -32,23 +32,21 @@ def bearer_token(request: Request) -> str | None:
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
-async def authenticate(auth: Auth, conn: DbConn, token: str | None) -> tuple[User, AccessClaims]:
+async def authenticate(auth: Auth, token: str | None) -> tuple[User, AccessClaims]:
     if token is None:
         raise HTTPException(401, "Not authenticated", headers=UNAUTHORIZED)
     try:
         claims = read_access_token(auth.secret, token)
     except InvalidToken:
         raise HTTPException(401, "Invalid or expired token", headers=UNAUTHORIZED) from None
-    user = await auth.user_for_token(conn, claims.user_id, claims.family_id, claims.issued_at)
+    user = await auth.user_for_token(claims.user_id, claims.family_id, claims.issued_at)
     if user is None:
         raise HTTPException(401, "Session ended", headers=UNAUTHORIZED)
     return user, claims
 
 
-async def _current_session(
-    request: Request, auth: AuthDep, conn: DbConn
-) -> tuple[User, AccessClaims]:
-    return await authenticate(auth, conn, bearer_token(request))
+async def _current_session(request: Request, auth: AuthDep) -> tuple[User, AccessClaims]:
+    return await authenticate(auth, bearer_token(request))
 
 
 CurrentSession = Annotated[tuple[User, AccessClaims], Depends(_current_session)]

@@ -11,13 +11,15 @@ revokes the family (someone else holds a copy). Ending sessions:
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from app.auth.mail import Message, send_email
 from app.auth.passwords import Passwords
 from app.auth.tokens import hash_secret, issue_access_token, new_secret
+from app.cache import cache
 from app.config import Settings
 from app.db import Connection, Database
 
@@ -52,6 +54,7 @@ REVOKE_FAMILY_OF_TOKEN = """
 UPDATE refresh_tokens SET revoked_at = now()
 WHERE family_id = (SELECT family_id FROM refresh_tokens WHERE token_hash = $1)
   AND revoked_at IS NULL
+RETURNING user_id
 """
 REVOKE_FAMILY = """
 UPDATE refresh_tokens SET revoked_at = now()
@@ -144,16 +147,20 @@ class Auth:
                 return await self._start_session(conn, row["user_id"], row["family_id"])
         # Unknown, expired, revoked or reused: if it was ours, its family is compromised.
         async with self.db.acquire() as conn:
-            await conn.execute(REVOKE_FAMILY_OF_TOKEN, token_hash)
+            owner = await conn.fetchval(REVOKE_FAMILY_OF_TOKEN, token_hash)
+        if owner is not None:
+            await forget_sessions(owner)
         return None
 
     async def logout(self, user_id: int, family_id: uuid.UUID) -> None:
         async with self.db.acquire() as conn:
             await conn.execute(REVOKE_FAMILY, family_id, user_id)
+        await forget_sessions(user_id)
 
     async def logout_all(self, user_id: int) -> None:
         async with self.db.acquire() as conn:
             await conn.execute(REVOKE_ALL, user_id)
+        await forget_sessions(user_id)
 
     async def change_password(self, user_id: int, current: str, new: str) -> bool:
         async with self.db.acquire() as conn:
@@ -165,6 +172,7 @@ class Auth:
         async with self.db.transaction() as conn:
             await conn.execute(SET_PASSWORD, user_id, new_hash)
             await conn.execute(REVOKE_ALL, user_id)
+        await forget_sessions(user_id)
         return True
 
     async def request_password_reset(self, email: str) -> None:
@@ -188,6 +196,7 @@ class Auth:
             await conn.execute(SET_PASSWORD, user_id, password_hash)
             await conn.execute(REVOKE_ALL, user_id)
             await conn.execute(MARK_VERIFIED, user_id)  # the link proved the address
+        await forget_sessions(user_id)
         return True
 
     async def verify_email(self, token: str) -> bool:
@@ -196,19 +205,47 @@ class Auth:
             if user_id is None:
                 return False
             await conn.execute(MARK_VERIFIED, user_id)
+        await forget_sessions(user_id)
         return True
 
     # --- requests ----------------------------------------------------------------------
 
     async def user_for_token(
-        self, conn: Connection, user_id: int, family_id: uuid.UUID, issued_at: float
+        self, user_id: int, family_id: uuid.UUID, issued_at: float
     ) -> User | None:
-        """The user behind a valid access token, or None if its session has ended."""
-        row = await conn.fetchrow(USER_FOR_TOKEN, user_id, family_id)
-        if row is None or not row["live"] or issued_at < float(row["valid_after"]):
+        """The user behind a valid access token, or None if its session has ended.
+
+        The answer is cached for CACHE_AUTH_TTL_SECONDS under ``auth:<user>:<family>``;
+        every change that ends sessions or alters the user calls ``forget_sessions``.
+        """
+        ttl = self.settings.cache_auth_ttl_seconds
+        key = session_key(user_id, family_id)
+        state = await cache.get(key) if ttl > 0 else None
+        if state is None:
+            async with self.db.acquire() as conn:
+                row = await conn.fetchrow(USER_FOR_TOKEN, user_id, family_id)
+            if row is None:
+                return None
+            state = [
+                row["id"],
+                row["email"],
+                row["is_admin"],
+                row["email_verified_at"].timestamp() if row["email_verified_at"] else None,
+                row["created_at"].timestamp(),
+                float(row["valid_after"]),
+                row["live"],
+            ]
+            if ttl > 0:
+                await cache.set(key, state, ttl=ttl)
+        uid, email, is_admin, verified_at, created_at, valid_after, live = state
+        if not live or issued_at < valid_after:
             return None
         return User(
-            row["id"], row["email"], row["is_admin"], row["email_verified_at"], row["created_at"]
+            uid,
+            email,
+            is_admin,
+            datetime.fromtimestamp(verified_at, UTC) if verified_at is not None else None,
+            datetime.fromtimestamp(created_at, UTC),
         )
 
     # --- helpers -----------------------------------------------------------------------
@@ -228,3 +265,29 @@ class Auth:
         link = f"{self.settings.public_url}/verify-email#token={token}"
         body = f"Confirm your address within {hours} hours: {link}\nToken: {token}"
         await send_email(Message(email, "Confirm your email address", body), conn=conn)
+
+
+def session_key(user_id: int, family_id: uuid.UUID) -> str:
+    return f"auth:{user_id}:{family_id}"
+
+
+async def forget_sessions(user_id: int) -> None:
+    """Drop the cached session state of every token of ``user_id`` (after a commit).
+
+    Deleted now and once more a second later: a request that read the database just
+    before the change and writes its (stale) answer just after the first delete would
+    otherwise keep a revoked session alive for CACHE_AUTH_TTL_SECONDS.
+    """
+    prefix = f"auth:{user_id}:"
+    await cache.delete_prefix(prefix)
+    task = asyncio.get_running_loop().create_task(_delete_later(prefix))
+    _pending.add(task)
+    task.add_done_callback(_pending.discard)
+
+
+_pending: set[asyncio.Task[None]] = set()
+
+
+async def _delete_later(prefix: str) -> None:
+    await asyncio.sleep(1.0)
+    await cache.delete_prefix(prefix)

@@ -25,11 +25,10 @@ async def require_ops_access(request: Request) -> None:
         token.encode(), ops_token.get_secret_value().encode()
     ):
         return
-    async with request.app.state.db.acquire() as conn:
-        try:
-            user, _ = await authenticate(request.app.state.auth, conn, token)
-        except HTTPException:
-            raise HTTPException(403, "Not allowed") from None
+    try:
+        user, _ = await authenticate(request.app.state.auth, token)
+    except HTTPException:
+        raise HTTPException(403, "Not allowed") from None
     if not user.is_admin:
         raise HTTPException(403, "Admins only")
 

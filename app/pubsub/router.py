@@ -48,22 +48,19 @@ async def create_stream_ticket(session: CurrentSession, auth: AuthDep) -> Ticket
 
 
 async def _stream_user(auth: Auth, db: Database, bearer: str | None, ticket: str | None) -> User:
-    async with db.acquire() as conn:
-        if bearer is not None:
-            user, _ = await authenticate(auth, conn, bearer)
-            return user
-        if ticket is None:
-            raise HTTPException(401, "Not authenticated", headers={"WWW-Authenticate": "Bearer"})
-        try:
-            claims = read_access_token(auth.secret, ticket, kind="stream")
-        except InvalidToken:
-            raise HTTPException(401, "Invalid or expired ticket") from None
-        user_or_none = await auth.user_for_token(
-            conn, claims.user_id, claims.family_id, claims.issued_at
-        )
-        if user_or_none is None:
-            raise HTTPException(401, "Session ended")
-        return user_or_none
+    if bearer is not None:
+        user, _ = await authenticate(auth, bearer)
+        return user
+    if ticket is None:
+        raise HTTPException(401, "Not authenticated", headers={"WWW-Authenticate": "Bearer"})
+    try:
+        claims = read_access_token(auth.secret, ticket, kind="stream")
+    except InvalidToken:
+        raise HTTPException(401, "Invalid or expired ticket") from None
+    user_or_none = await auth.user_for_token(claims.user_id, claims.family_id, claims.issued_at)
+    if user_or_none is None:
+        raise HTTPException(401, "Session ended")
+    return user_or_none
 
 
 @router.get(

@@ -1,17 +1,27 @@
-"""/api/projects and /api/tasks: CRUD owned by the caller, keyset-paginated lists."""
+"""/api/projects and /api/tasks: CRUD owned by the caller, keyset-paginated lists.
+
+GETs carry a weak ETag from the caller's data version and answer ``If-None-Match`` with
+304 before touching the database; list pages are cached per data version
+(app/tasks/caching.py).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
+import orjson
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response, status
 
 from app.auth.dependencies import CurrentUser
+from app.cache import cache
+from app.cache.http import cache_headers, not_modified, weak_etag
 from app.db import Record
-from app.db.deps import DatabaseDep, DbConn
+from app.db.deps import DatabaseDep
 from app.pagination import InvalidCursor, read_timestamp_cursor, timestamp_cursor
 from app.search import request_embedding
 from app.tasks import service
+from app.tasks.caching import data_version, list_key
 from app.tasks.schemas import (
     ProjectIn,
     ProjectOut,
@@ -61,18 +71,30 @@ def _task(row: Record) -> TaskOut:
 # --- projects ----------------------------------------------------------------------------
 
 
-@router.get("/api/projects")
+@router.get("/api/projects", response_model=ProjectPage)
 async def list_projects(
-    user: CurrentUser, conn: DbConn, secret: Secret, limit: Limit = 50, cursor: Cursor = None
-) -> ProjectPage:
+    request: Request,
+    user: CurrentUser,
+    db: DatabaseDep,
+    secret: Secret,
+    limit: Limit = 50,
+    cursor: Cursor = None,
+) -> Response:
     after = _after(secret, cursor)
-    if after is None:
-        rows = await conn.fetch(service.LIST_PROJECTS.format(after=""), user.id, limit + 1)
-    else:
-        sql = service.LIST_PROJECTS.format(after="AND (created_at, id) < ($3, $4)")
-        rows = await conn.fetch(sql, user.id, limit + 1, *after)
-    items = [ProjectOut(**dict(row)) for row in rows[:limit]]
-    return ProjectPage(items=items, next_cursor=_next_cursor(secret, rows, limit))
+
+    async def load() -> dict[str, Any]:
+        async with db.acquire() as conn:
+            if after is None:
+                sql = service.LIST_PROJECTS.format(after="")
+                rows = await conn.fetch(sql, user.id, limit + 1)
+            else:
+                sql = service.LIST_PROJECTS.format(after="AND (created_at, id) < ($3, $4)")
+                rows = await conn.fetch(sql, user.id, limit + 1, *after)
+        items = [ProjectOut(**dict(row)) for row in rows[:limit]]
+        page = ProjectPage(items=items, next_cursor=_next_cursor(secret, rows, limit))
+        return page.model_dump(mode="json")
+
+    return await _cached_page(request, user.id, "projects", load)
 
 
 @router.post("/api/projects", status_code=status.HTTP_201_CREATED)
@@ -84,11 +106,18 @@ async def create_project(body: ProjectIn, user: CurrentUser, db: DatabaseDep) ->
     return ProjectOut(**dict(row))
 
 
-@router.get("/api/projects/{project_id}")
-async def get_project(project_id: RowId, user: CurrentUser, conn: DbConn) -> ProjectOut:
-    row = await conn.fetchrow(service.GET_PROJECT, user.id, project_id)
+@router.get("/api/projects/{project_id}", response_model=ProjectOut)
+async def get_project(
+    project_id: RowId, request: Request, response: Response, user: CurrentUser, db: DatabaseDep
+) -> Any:
+    headers = cache_headers(weak_etag(await data_version(user.id), "project", project_id))
+    if (unchanged := not_modified(request, headers)) is not None:
+        return unchanged
+    async with db.acquire() as conn:
+        row = await conn.fetchrow(service.GET_PROJECT, user.id, project_id)
     if row is None:
         raise HTTPException(404, "Project not found")
+    response.headers.update(headers)
     return ProjectOut(**dict(row))
 
 
@@ -118,32 +147,57 @@ async def delete_project(project_id: RowId, user: CurrentUser, db: DatabaseDep) 
 # --- tasks -------------------------------------------------------------------------------
 
 
-@router.get("/api/tasks")
+@router.get("/api/tasks", response_model=TaskPage)
 async def list_tasks(
+    request: Request,
     user: CurrentUser,
-    conn: DbConn,
+    db: DatabaseDep,
     secret: Secret,
     project_id: Annotated[int | None, Query(ge=1, le=2**63 - 1)] = None,
     completed: bool | None = None,
     limit: Limit = 20,
     cursor: Cursor = None,
-) -> TaskPage:
+) -> Response:
     after = _after(secret, cursor)
-    sql, _ = service.list_tasks_sql(
-        project=project_id is not None,
-        completed=completed,
-        after=after is not None,
-        limit=limit + 1,
-    )
-    args: list[Any] = [user.id]
-    if project_id is not None:
-        args.append(project_id)
-    if after is not None:
-        args.extend(after)
-    rows = await conn.fetch(sql, *args)
-    return TaskPage(
-        items=[_task(row) for row in rows[:limit]], next_cursor=_next_cursor(secret, rows, limit)
-    )
+
+    async def load() -> dict[str, Any]:
+        sql, _ = service.list_tasks_sql(
+            project=project_id is not None,
+            completed=completed,
+            after=after is not None,
+            limit=limit + 1,
+        )
+        args: list[Any] = [user.id]
+        if project_id is not None:
+            args.append(project_id)
+        if after is not None:
+            args.extend(after)
+        async with db.acquire() as conn:
+            rows = await conn.fetch(sql, *args)
+        page = TaskPage(
+            items=[_task(row) for row in rows[:limit]],
+            next_cursor=_next_cursor(secret, rows, limit),
+        )
+        return page.model_dump(mode="json")
+
+    return await _cached_page(request, user.id, "tasks", load)
+
+
+async def _cached_page(
+    request: Request, user_id: int, kind: str, load: Callable[[], Awaitable[dict[str, Any]]]
+) -> Response:
+    """A list page: 304 when the client has this data version, else from the cache."""
+    version = await data_version(user_id)
+    query = request.url.query
+    headers = cache_headers(weak_etag(version, kind, query))
+    if (unchanged := not_modified(request, headers)) is not None:
+        return unchanged
+    ttl = request.app.state.settings.cache_list_ttl_seconds
+    if ttl > 0:
+        page = await cache.get_or_set(list_key(user_id, version, kind, query), load, ttl=ttl)
+    else:
+        page = await load()
+    return Response(orjson.dumps(page), media_type="application/json", headers=headers)
 
 
 @router.post("/api/tasks", status_code=status.HTTP_201_CREATED)
@@ -163,11 +217,18 @@ async def create_task(body: TaskIn, user: CurrentUser, db: DatabaseDep) -> TaskO
     return _task(row)
 
 
-@router.get("/api/tasks/{task_id}")
-async def get_task(task_id: RowId, user: CurrentUser, conn: DbConn) -> TaskOut:
-    row = await service.get_task(conn, user.id, task_id)
+@router.get("/api/tasks/{task_id}", response_model=TaskOut)
+async def get_task(
+    task_id: RowId, request: Request, response: Response, user: CurrentUser, db: DatabaseDep
+) -> Any:
+    headers = cache_headers(weak_etag(await data_version(user.id), "task", task_id))
+    if (unchanged := not_modified(request, headers)) is not None:
+        return unchanged
+    async with db.acquire() as conn:
+        row = await service.get_task(conn, user.id, task_id)
     if row is None:
         raise HTTPException(404, "Task not found")
+    response.headers.update(headers)
     return _task(row)
 
 

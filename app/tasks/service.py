@@ -13,6 +13,7 @@ from typing import Any
 from app.activity import record
 from app.db import Connection, Record
 from app.pubsub import publish
+from app.tasks.caching import data_changed
 
 TASK_COLUMNS = """
 t.id, t.title, t.body, t.project_id, p.name AS project_name, p.color AS project_color,
@@ -109,6 +110,8 @@ async def owns_project(conn: Connection, user_id: int, project_id: int) -> bool:
 async def announce(
     conn: Connection, user_id: int, event: str, subject: tuple[str, int], data: dict[str, Any]
 ) -> None:
-    """Activity row + realtime event, both in the caller's transaction."""
+    """Activity row + realtime event in the caller's transaction; a new data version for
+    the user's cached reads once it commits (app/tasks/caching.py)."""
     await record(conn, user_id, event, subject, data)
     await publish(f"user:{user_id}", {"type": event, "id": subject[1], **data}, conn=conn)
+    await data_changed(conn, user_id)

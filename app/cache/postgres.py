@@ -1,0 +1,323 @@
+"""The Postgres cache backend: an UNLOGGED table, one prepared statement per operation.
+
+Reads go through a small pool of their own (CACHE_POOL_SIZE connections) whose release
+skips asyncpg's reset query: the default reset (RESET ALL, UNLISTEN *, unlock advisory
+locks...) is a server round trip on every release and halves the GET/s of a busy cache
+(docs/cache.md). Nothing on this pool changes session state, so there is nothing to reset.
+
+Writes announce themselves to other processes' L1 tiers with ``pg_notify`` in the same
+statement as the write — one round trip, delivered by PostgreSQL when the write commits.
+Each process hears them on one LISTEN connection outside every pool.
+
+Expiry is checked at read time (``expires_at > now()``); expired rows stay until the purge
+job (``purge_expired``) deletes them in batches. See migration 0011 for why there is no
+index on expires_at.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import asyncpg
+
+from app.config import Settings
+from app.db import Database, Record
+
+log = logging.getLogger(__name__)
+
+INVALIDATION_CHANNEL = "pgfirst_cache"
+
+# A NULL ttl (no expiry) makes now() + NULL = NULL.
+GET = """
+SELECT value FROM cache_entries
+WHERE key = $1 AND (expires_at IS NULL OR expires_at > now())
+"""
+GET_WITH_TTL = """
+SELECT value, extract(epoch FROM expires_at - now())::float8 AS ttl FROM cache_entries
+WHERE key = $1 AND (expires_at IS NULL OR expires_at > now())
+"""
+GET_MANY = """
+SELECT key, value FROM cache_entries
+WHERE key = ANY($1::text[]) AND (expires_at IS NULL OR expires_at > now())
+"""
+# The NOTIFY rides in the same statement: a data-modifying CTE always runs to completion,
+# and an empty channel name ($4 = '') skips the notification.
+SET = """
+WITH written AS (
+    INSERT INTO cache_entries AS c (key, value, expires_at, written_at)
+    VALUES ($1, $2, now() + make_interval(secs => $3), now())
+    ON CONFLICT (key) DO UPDATE
+    SET value = EXCLUDED.value, expires_at = EXCLUDED.expires_at, written_at = now()
+)
+SELECT CASE WHEN $4 <> '' THEN pg_notify($4, $5) END
+"""
+SET_MANY = """
+WITH written AS (
+    INSERT INTO cache_entries AS c (key, value, expires_at, written_at)
+    SELECT k, v, now() + make_interval(secs => $3), now()
+    FROM unnest($1::text[], $2::bytea[]) AS t (k, v)
+    ON CONFLICT (key) DO UPDATE
+    SET value = EXCLUDED.value, expires_at = EXCLUDED.expires_at, written_at = now()
+)
+SELECT CASE WHEN $4 <> '' THEN pg_notify($4, $5) END
+"""
+# Set only when absent (or expired): true when this call wrote the value.
+ADD = """
+INSERT INTO cache_entries AS c (key, value, expires_at, written_at)
+VALUES ($1, $2, now() + make_interval(secs => $3), now())
+ON CONFLICT (key) DO UPDATE
+SET value = EXCLUDED.value, expires_at = EXCLUDED.expires_at, written_at = now()
+WHERE c.expires_at IS NOT NULL AND c.expires_at <= now()
+RETURNING true
+"""
+DELETE = """
+WITH deleted AS (
+    DELETE FROM cache_entries WHERE key = ANY($1::text[]) RETURNING 1
+)
+SELECT count(*), CASE WHEN $2 <> '' THEN pg_notify($2, $3) END FROM deleted
+"""
+# A prefix is a key range [prefix, next) in the C-collated primary key: an index range
+# scan, whatever the plan cache decides (LIKE with a parameter would not use the index
+# under a generic plan). A NULL upper bound means "to the end".
+DELETE_PREFIX = """
+WITH deleted AS (
+    DELETE FROM cache_entries
+    WHERE key >= $1 AND ($2::text IS NULL OR key < $2::text)
+    RETURNING 1
+)
+SELECT count(*), CASE WHEN $3 <> '' THEN pg_notify($3, $4) END FROM deleted
+"""
+# Counters are stored as the decimal text of the number (which is also its JSON), so a
+# plain get() reads them. An expired counter restarts from zero with a fresh expiry.
+INCR = """
+INSERT INTO cache_entries AS c (key, value, expires_at, written_at)
+VALUES ($1, convert_to($2::bigint::text, 'UTF8'), now() + make_interval(secs => $3), now())
+ON CONFLICT (key) DO UPDATE
+SET value = convert_to((
+        CASE WHEN c.expires_at IS NULL OR c.expires_at > now()
+             THEN convert_from(c.value, 'UTF8')::bigint ELSE 0 END + $2::bigint
+    )::text, 'UTF8'),
+    expires_at = CASE WHEN c.expires_at IS NULL OR c.expires_at > now()
+                      THEN c.expires_at ELSE EXCLUDED.expires_at END,
+    written_at = now()
+RETURNING convert_from(value, 'UTF8')::bigint
+"""
+# A lock row is taken when absent or when its lease has run out (its holder died).
+LOCK = """
+INSERT INTO cache_locks AS l (key, token, expires_at)
+VALUES ($1, $2, now() + make_interval(secs => $3))
+ON CONFLICT (key) DO UPDATE SET token = EXCLUDED.token, expires_at = EXCLUDED.expires_at
+WHERE l.expires_at <= now()
+RETURNING true
+"""
+UNLOCK = "DELETE FROM cache_locks WHERE key = $1 AND token = $2"
+PURGE_EXPIRED = """
+DELETE FROM cache_entries
+WHERE key = ANY(ARRAY(
+    SELECT key FROM cache_entries WHERE expires_at <= now() LIMIT $1
+))
+"""
+PURGE_LOCKS = "DELETE FROM cache_locks WHERE expires_at <= now()"
+COUNT = "SELECT count(*) FROM cache_entries"
+# Oldest-written first: a sequential scan and a top-N sort over a table the cap bounds.
+EVICT_OLDEST = """
+DELETE FROM cache_entries
+WHERE key = ANY(ARRAY(
+    SELECT key FROM cache_entries ORDER BY written_at LIMIT $1
+))
+"""
+
+
+def prefix_upper_bound(prefix: str) -> str | None:
+    """The least string greater than every string starting with ``prefix`` (C collation).
+
+    UTF-8 byte order is code point order, so bumping the last character by one code point
+    bounds the range; a last character of U+10FFFF carries into the one before it.
+    """
+    chars = list(prefix)
+    while chars:
+        last = ord(chars.pop()) + 1
+        if 0xD800 <= last <= 0xDFFF:  # surrogates are not valid in text
+            last = 0xE000
+        if last <= 0x10FFFF:
+            return "".join(chars) + chr(last)
+    return None
+
+
+async def _no_reset(conn: asyncpg.Connection[Record]) -> None:
+    # asyncpg still rolls back an open transaction before calling this.
+    return None
+
+
+class PostgresCacheBackend:
+    name = "postgres"
+
+    def __init__(self, settings: Settings, db: Database) -> None:
+        self.settings = settings
+        self.db = db
+        self._pool: asyncpg.Pool | None = None
+        self._listener: asyncpg.Connection[Record] | None = None
+        self._supervisor: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    async def start(self) -> None:
+        pgbouncer = self.settings.db_pool_mode == "pgbouncer"
+        self._pool = await asyncpg.create_pool(
+            self.db.dsn,
+            min_size=1,
+            max_size=self.settings.cache_pool_size,
+            command_timeout=self.settings.db_command_timeout,
+            statement_cache_size=0 if pgbouncer else 256,
+            reset=_no_reset,
+            server_settings={"application_name": "pgfirst-cache"},
+        )
+
+    async def close(self) -> None:
+        self._stopping = True
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            await asyncio.gather(self._supervisor, return_exceptions=True)
+        if self._listener is not None and not self._listener.is_closed():
+            await self._listener.close()
+        if self._pool is not None:
+            await self._pool.close()
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise RuntimeError("cache backend not started")
+        return self._pool
+
+    # --- reads ---------------------------------------------------------------------------
+
+    async def get(self, key: str) -> bytes | None:
+        value: bytes | None = await self.pool.fetchval(GET, key)
+        return value
+
+    async def get_with_ttl(self, key: str) -> tuple[bytes, float | None] | None:
+        row = await self.pool.fetchrow(GET_WITH_TTL, key)
+        return None if row is None else (row[0], row[1])
+
+    async def get_many(self, keys: list[str]) -> dict[str, bytes]:
+        rows = await self.pool.fetch(GET_MANY, keys)
+        return {row[0]: row[1] for row in rows}
+
+    # --- writes (each may announce an invalidation) --------------------------------------
+
+    async def set(self, key: str, value: bytes, ttl: float | None, announce: str) -> None:
+        await self.pool.execute(SET, key, value, ttl, *self._notify(announce))
+
+    async def set_many(self, items: dict[str, bytes], ttl: float | None, announce: str) -> None:
+        keys, values = list(items), list(items.values())
+        await self.pool.execute(SET_MANY, keys, values, ttl, *self._notify(announce))
+
+    async def add(self, key: str, value: bytes, ttl: float | None) -> bool:
+        return bool(await self.pool.fetchval(ADD, key, value, ttl))
+
+    async def delete(self, keys: list[str], announce: str) -> int:
+        row = await self.pool.fetchrow(DELETE, keys, *self._notify(announce))
+        return int(row[0]) if row is not None else 0
+
+    async def delete_prefix(self, prefix: str, announce: str) -> int:
+        upper = prefix_upper_bound(prefix)
+        row = await self.pool.fetchrow(DELETE_PREFIX, prefix, upper, *self._notify(announce))
+        return int(row[0]) if row is not None else 0
+
+    async def incr(self, key: str, amount: int, ttl: float | None, announce: str) -> int:
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                value = int(await conn.fetchval(INCR, key, amount, ttl))
+                if announce:
+                    await conn.execute("SELECT pg_notify($1, $2)", INVALIDATION_CHANNEL, announce)
+        except asyncpg.InvalidTextRepresentationError:
+            raise ValueError(f"cache value at {key!r} is not an integer") from None
+        return value
+
+    # --- stampede locks ------------------------------------------------------------------
+
+    async def try_lock(self, key: str, token: str, ttl: float) -> bool:
+        return bool(await self.pool.fetchval(LOCK, key, token, ttl))
+
+    async def unlock(self, key: str, token: str) -> None:
+        await self.pool.execute(UNLOCK, key, token)
+
+    # --- housekeeping --------------------------------------------------------------------
+
+    async def purge_expired(self, batch: int) -> int:
+        deleted = 0
+        while True:
+            status = await self.pool.execute(PURGE_EXPIRED, batch)
+            count = int(status.split()[-1])
+            deleted += count
+            if count < batch:
+                break
+        await self.pool.execute(PURGE_LOCKS)
+        return deleted
+
+    async def enforce_cap(self, max_entries: int, batch: int) -> int:
+        excess = int(await self.pool.fetchval(COUNT)) - max_entries
+        evicted = 0
+        while excess > 0:
+            status = await self.pool.execute(EVICT_OLDEST, min(batch, excess))
+            count = int(status.split()[-1])
+            if count == 0:
+                break
+            evicted += count
+            excess -= count
+        return evicted
+
+    async def count(self) -> int:
+        return int(await self.pool.fetchval(COUNT))
+
+    # --- invalidations from other processes ----------------------------------------------
+
+    async def listen(
+        self, on_message: Callable[[str], None], on_connected: Callable[[bool], None]
+    ) -> None:
+        """Keep a LISTEN connection; ``on_connected(False)`` while it is down."""
+        await self._connect_listener(on_message, on_connected)
+        self._supervisor = asyncio.create_task(
+            self._supervise(on_message, on_connected), name="cache-listener"
+        )
+
+    async def _connect_listener(
+        self, on_message: Callable[[str], None], on_connected: Callable[[bool], None]
+    ) -> None:
+        lost = asyncio.Event()
+
+        def received(conn: Any, pid: int, channel: str, payload: object) -> None:
+            on_message(str(payload))
+
+        def terminated(conn: Any) -> None:
+            on_connected(False)
+            lost.set()
+
+        conn = await self.db.connect_direct()
+        conn.add_termination_listener(terminated)
+        await conn.add_listener(INVALIDATION_CHANNEL, received)
+        self._listener = conn
+        self._lost = lost
+        on_connected(True)
+
+    async def _supervise(
+        self, on_message: Callable[[str], None], on_connected: Callable[[bool], None]
+    ) -> None:
+        while not self._stopping:
+            await self._lost.wait()
+            delay = 0.05
+            while not self._stopping:
+                try:
+                    await self._connect_listener(on_message, on_connected)
+                    log.info("cache invalidation listener reconnected")
+                    break
+                except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+                    log.warning("cache invalidation listener reconnect failed: %s", exc)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+
+    @staticmethod
+    def _notify(announce: str) -> tuple[str, str]:
+        return (INVALIDATION_CHANNEL, announce) if announce else ("", "")
