@@ -1,0 +1,294 @@
+"""The cache: the same suite on both backends, L1 invalidation, stampedes, failures."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import asyncpg
+import pytest
+
+from app.cache import Cache
+from app.config import Settings
+from app.db import Database
+from tests.helpers import eventually, flushed_redis, free_port
+
+CacheFactory = Callable[..., Awaitable[Cache]]
+
+
+@pytest.fixture(params=["postgres", "redis"])
+async def backend_settings(
+    request: pytest.FixtureRequest, make_settings: Callable[..., Settings]
+) -> Callable[..., Settings]:
+    overrides: dict[str, object] = {"cache_backend": request.param}
+    if request.param == "redis":
+        overrides["redis_url"] = await flushed_redis(request.getfixturevalue("redis_url"))
+
+    def make(**more: object) -> Settings:
+        return make_settings(**overrides, **more)
+
+    return make
+
+
+@pytest.fixture
+async def new_cache(backend_settings: Callable[..., Settings]) -> AsyncIterator[CacheFactory]:
+    """Start Cache instances as separate processes would have them (own L1, own lock)."""
+    opened: list[tuple[Cache, Database]] = []
+
+    async def start(**overrides: object) -> Cache:
+        settings = backend_settings(**overrides)
+        db = await Database.connect(settings, settings.database_url)
+        cache = Cache()
+        await cache.start(settings, db)
+        opened.append((cache, db))
+        return cache
+
+    yield start
+    for cache, db in opened:
+        await cache.stop()
+        await db.close()
+
+
+async def test_set_get_delete_round_trip_json_values(new_cache: CacheFactory) -> None:
+    cache = await new_cache()
+    value = {"name": "Ada", "tags": ["a", "b"], "n": 3, "ok": True, "none": None}
+    assert await cache.get("user:1") is None
+    assert await cache.get("user:1", "fallback") == "fallback"
+    assert await cache.set("user:1", value)
+    assert await cache.get("user:1") == value
+    assert await cache.set("plain", "text")
+    assert await cache.get("plain") == "text"
+    assert await cache.delete("user:1", "plain", "never-set") == 2
+    assert await cache.get("user:1") is None
+    assert await cache.get("plain") is None
+
+
+async def test_entries_expire_after_their_ttl(new_cache: CacheFactory) -> None:
+    cache = await new_cache()
+    await cache.set("short", 1, ttl=0.3)
+    await cache.set("long", 2, ttl=60)
+    assert await cache.get("short") == 1  # also fills L1
+    await asyncio.sleep(0.5)
+    assert await cache.get("short") is None
+    assert await cache.get("long") == 2
+
+
+async def test_delete_prefix_removes_only_that_prefix(new_cache: CacheFactory) -> None:
+    cache = await new_cache()
+    # Characters that mean something to LIKE and to Redis globs must match literally.
+    await cache.set_many({"p:1": 1, "p:2": 2, "q:1": 3, "a%_*[x]:1": 4, "a%b": 5, "a%_*[x]z": 6})
+    assert await cache.delete_prefix("p:") == 2
+    assert await cache.get_many(["p:1", "p:2", "q:1"]) == {"q:1": 3}
+    assert await cache.delete_prefix("a%_*[x]") == 2
+    assert await cache.get_many(["a%_*[x]:1", "a%b", "a%_*[x]z"]) == {"a%b": 5}
+
+
+async def test_counters_increment_read_back_and_refuse_non_integers(
+    new_cache: CacheFactory,
+) -> None:
+    cache = await new_cache()
+    assert await cache.incr("hits:today") == 1
+    assert await cache.incr("hits:today", 5) == 6
+    assert await cache.incr("hits:today", -2) == 4
+    assert await cache.get("hits:today") == 4
+    assert await cache.incr("window", ttl=0.3) == 1
+    await asyncio.sleep(0.5)
+    assert await cache.incr("window", ttl=0.3) == 1  # an expired counter restarts
+    await cache.set("word", "seven")
+    with pytest.raises(ValueError, match="not an integer"):
+        await cache.incr("word")
+
+
+async def test_add_stores_only_when_absent(new_cache: CacheFactory) -> None:
+    cache = await new_cache()
+    assert await cache.add("once", "first")
+    assert not await cache.add("once", "second")
+    assert await cache.get("once") == "first"
+    await cache.set("brief", 1, ttl=0.2)
+    await asyncio.sleep(0.4)
+    assert await cache.add("brief", 2)  # an expired entry counts as absent
+    assert await cache.get("brief") == 2
+
+
+async def test_keys_are_validated_and_large_values_skipped(new_cache: CacheFactory) -> None:
+    cache = await new_cache(cache_max_value_bytes=1_000)
+    for bad in ("", "has space", "x" * 251, "tab\tkey"):
+        with pytest.raises(ValueError, match="invalid cache key"):
+            await cache.set(bad, 1)
+    assert await cache.get("has space") is None  # reads of impossible keys just miss
+    assert not await cache.set("big", "x" * 2_000)
+    assert await cache.get("big") is None
+    assert cache.skipped_large == 1
+    with pytest.raises(ValueError, match="ttl"):
+        await cache.set("k", 1, ttl=0)
+
+
+async def test_get_or_set_runs_one_loader_across_processes(new_cache: CacheFactory) -> None:
+    # Five Cache instances stand for five processes: each has its own in-flight map, so
+    # only the backend lock can keep their loaders from running in parallel.
+    caches = [await new_cache() for _ in range(5)]
+    calls = 0
+
+    async def loader() -> dict[str, int]:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(0.3)
+        return {"answer": 42}
+
+    results = await asyncio.gather(
+        *(cache.get_or_set("cold:key", loader, ttl=60) for cache in caches for _ in range(10))
+    )
+    assert calls == 1
+    assert results == [{"answer": 42}] * 50
+
+
+async def test_a_failed_loader_frees_the_key_for_the_next_caller(new_cache: CacheFactory) -> None:
+    first, second = await new_cache(), await new_cache()
+    started = asyncio.Event()
+
+    async def failing() -> int:
+        started.set()
+        await asyncio.sleep(0.2)
+        raise RuntimeError("source down")
+
+    async def working() -> int:
+        return 7
+
+    failed = asyncio.create_task(first.get_or_set("flaky", failing))
+    await started.wait()
+    waiter = asyncio.create_task(second.get_or_set("flaky", working))
+    with pytest.raises(RuntimeError, match="source down"):
+        await failed
+    # The waiter saw the lock freed without a value and loaded it itself.
+    assert await waiter == 7
+    assert await first.get("flaky") == 7
+
+
+async def test_early_refresh_reloads_in_the_background(new_cache: CacheFactory) -> None:
+    cache = await new_cache(cache_early_refresh_ratio=0.5, cache_l1_max_entries=0)
+    versions = iter(range(1, 100))
+    calls = 0
+
+    async def loader() -> int:
+        nonlocal calls
+        calls += 1
+        return next(versions)
+
+    assert await cache.get_or_set("fresh", loader, ttl=1.0) == 1
+    assert await cache.get_or_set("fresh", loader, ttl=1.0) == 1  # plenty of TTL left
+    assert calls == 1
+    await asyncio.sleep(0.6)  # inside the last half of the TTL
+    assert await cache.get_or_set("fresh", loader, ttl=1.0) == 1  # served, not waited for
+    await eventually(lambda: cache.get("fresh"), lambda value: value == 2, within=5)
+    assert calls == 2
+
+
+async def test_l1_serves_repeat_reads_and_is_invalidated_by_other_writers(
+    new_cache: CacheFactory,
+) -> None:
+    writer, reader = await new_cache(), await new_cache()
+    await writer.set("shared:1", "v1")
+    assert await reader.get("shared:1") == "v1"
+    assert await reader.get("shared:1") == "v1"
+    assert reader.reads[("shared", "l1_hit")] == 1
+
+    for value in ("v2", "v3"):
+        await writer.set("shared:1", value)
+        await eventually(lambda: reader.get("shared:1"), lambda seen, v=value: seen == v)
+    await writer.delete("shared:1")
+    await eventually(lambda: reader.get("shared:1"), lambda seen: seen is None)
+    await writer.set("shared:2", "x")
+    assert await reader.get("shared:2") == "x"
+    await writer.delete_prefix("shared:")
+    await eventually(lambda: reader.get("shared:2"), lambda seen: seen is None)
+    assert reader.invalidations_received >= 4
+
+
+async def test_an_unreachable_redis_is_a_miss_not_an_error(
+    make_settings: Callable[..., Settings],
+) -> None:
+    settings = make_settings(
+        cache_backend="redis",
+        redis_url=f"redis://127.0.0.1:{free_port()}/0",
+        cache_timeout_seconds=0.2,
+    )
+    db = await Database.connect(settings, settings.database_url)
+    cache = Cache()
+    try:
+        await cache.start(settings, db)  # the L1 listener cannot connect: L1 off
+        assert await cache.get("k") is None
+        assert not await cache.set("k", 1)
+        assert await cache.incr("n") is None
+        assert await cache.get_or_set("k", _constant(5)) == 5
+        assert cache.errors["get"] >= 1
+        assert cache.errors["set"] >= 1
+    finally:
+        await cache.stop()
+        await db.close()
+
+
+async def test_a_locked_cache_table_times_out_into_misses(
+    make_settings: Callable[..., Settings], db_conn: asyncpg.Connection
+) -> None:
+    settings = make_settings(cache_timeout_seconds=0.2)
+    db = await Database.connect(settings, settings.database_url)
+    cache = Cache()
+    await cache.start(settings, db)
+    try:
+        await cache.set("k", "v")
+        async with db_conn.transaction():
+            await db_conn.execute("LOCK TABLE cache_entries IN ACCESS EXCLUSIVE MODE")
+            began = time.monotonic()
+            assert await cache.get("other") is None
+            assert not await cache.set("k2", "v2")
+            assert time.monotonic() - began < 2
+        assert cache.errors["get"] >= 1
+        assert await cache.get("k") == "v"  # fine again once the lock is gone
+    finally:
+        await cache.stop()
+        await db.close()
+
+
+async def test_purge_deletes_expired_rows_and_enforces_the_size_cap(
+    make_settings: Callable[..., Settings], db_conn: asyncpg.Connection
+) -> None:
+    # L1 off: an L1 copy may outlive a size-cap eviction by up to CACHE_L1_TTL_SECONDS
+    # (the value was valid; nothing announces evictions), and this test reads the table.
+    settings = make_settings(cache_max_entries=10, cache_purge_batch=4, cache_l1_max_entries=0)
+    db = await Database.connect(settings, settings.database_url)
+    cache = Cache()
+    await cache.start(settings, db)
+    try:
+        for n in range(5):
+            await cache.set(f"gone:{n}", n, ttl=0.1)
+        for n in range(25):
+            await cache.set(f"kept:{n:02}", n)
+        await asyncio.sleep(0.3)
+        assert await cache.count() == 30  # expired rows stay until purged
+        assert await cache.purge() == (5, 15)
+        assert await cache.count() == 10
+        present = await cache.get_many([f"kept:{n:02}" for n in range(25)])
+        assert sorted(present) == [f"kept:{n:02}" for n in range(15, 25)]  # oldest went first
+    finally:
+        await cache.stop()
+        await db.close()
+
+
+async def test_hot_keys_and_hit_rates_are_counted(new_cache: CacheFactory) -> None:
+    cache = await new_cache()
+    await cache.set("item:hot", 1)
+    for _ in range(150):
+        await cache.get("item:hot")
+    await cache.get("item:cold")
+    cache._minute_started -= 61  # close the minute
+    assert cache.hot_keys()[0] == ("item:hot", 150)
+    assert cache.reads[("item", "miss")] == 1
+    assert cache.reads.get(("item", "l1_hit"), 0) + cache.reads.get(("item", "hit"), 0) == 150
+
+
+def _constant(value: int) -> Callable[[], Awaitable[int]]:
+    async def load() -> int:
+        return value
+
+    return load
