@@ -292,3 +292,16 @@ def _constant(value: int) -> Callable[[], Awaitable[int]]:
         return value
 
     return load
+
+
+def test_prefix_upper_bounds_cover_every_key_with_the_prefix() -> None:
+    from app.cache.postgres import prefix_upper_bound
+
+    assert prefix_upper_bound("auth:42:") == "auth:42;"
+    assert prefix_upper_bound("a\U0010ffff") == "b"
+    assert prefix_upper_bound("\U0010ffff") is None
+    assert prefix_upper_bound("x\ud7ff") == "x\ue000"  # skips the surrogates
+    bound = prefix_upper_bound("k:é")
+    assert bound is not None
+    for key in ("k:é", "k:é\U0010ffff", "k:éz"):
+        assert "k:é".encode() <= key.encode() < bound.encode()

@@ -80,13 +80,17 @@ WITH deleted AS (
 SELECT count(*), CASE WHEN $2 <> '' THEN pg_notify($2, $3) END FROM deleted
 """
 # A prefix is a key range [prefix, next) in the C-collated primary key: an index range
-# scan, whatever the plan cache decides (LIKE with a parameter would not use the index
-# under a generic plan). A NULL upper bound means "to the end".
+# scan whatever the plan cache decides (LIKE with a parameter would not use the index
+# under a generic plan). Only a prefix of U+10FFFF characters has no upper bound.
 DELETE_PREFIX = """
 WITH deleted AS (
-    DELETE FROM cache_entries
-    WHERE key >= $1 AND ($2::text IS NULL OR key < $2::text)
-    RETURNING 1
+    DELETE FROM cache_entries WHERE key >= $1 AND key < $2 RETURNING 1
+)
+SELECT count(*), CASE WHEN $3 <> '' THEN pg_notify($3, $4) END FROM deleted
+"""
+DELETE_FROM = """
+WITH deleted AS (
+    DELETE FROM cache_entries WHERE key >= $1 AND $2::text IS NULL RETURNING 1
 )
 SELECT count(*), CASE WHEN $3 <> '' THEN pg_notify($3, $4) END FROM deleted
 """
@@ -223,7 +227,8 @@ class PostgresCacheBackend:
 
     async def delete_prefix(self, prefix: str, announce: str) -> int:
         upper = prefix_upper_bound(prefix)
-        row = await self.pool.fetchrow(DELETE_PREFIX, prefix, upper, *self._notify(announce))
+        sql = DELETE_PREFIX if upper is not None else DELETE_FROM
+        row = await self.pool.fetchrow(sql, prefix, upper, *self._notify(announce))
         return int(row[0]) if row is not None else 0
 
     async def incr(self, key: str, amount: int, ttl: float | None, announce: str) -> int:
