@@ -159,6 +159,9 @@ class Cache:
     async def start(self, settings: Settings, db: Database) -> None:
         """Bind to the backend CACHE_BACKEND names; start the invalidation listener."""
         await self.stop()
+        # New at every start: forked processes must not share an id, or each would
+        # ignore the other's invalidations as its own.
+        self.instance = secrets.token_hex(4)
         self.settings = settings
         self._default_ttl = settings.cache_default_ttl_seconds
         self._timeout = settings.cache_timeout_seconds
