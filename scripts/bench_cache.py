@@ -23,10 +23,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -37,8 +35,8 @@ import uvloop
 from app.cache import Cache
 from app.config import load_settings
 from app.db import Database
-from scripts.bench_http import ensure_wrk, prepare, wrk
-from scripts.benchkit import free_port, percentile, services
+from scripts.bench_http import ensure_wrk, prepare, serve, wrk
+from scripts.benchkit import percentile, services
 
 VALUE = {"payload": "x" * 1000}  # ~1 KiB of JSON
 HOT_KEYS = 1_000
@@ -175,33 +173,15 @@ async def invalidation_delay(dsn: str, redis_url: str, backend: str, samples: in
     return delays
 
 
-def serve(dsn: str, *, cached: bool) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    env = {
-        **os.environ,
-        "ENV": "production",
-        "SECRET_KEY": "bench-secret-key-that-is-long-enough-000000",
-        "DATABASE_URL": dsn,
-        "PORT": str(port),
-        "LOG_LEVEL": "WARNING",
-        "MAILER": "memory",
-        "JOBS_INLINE_WORKER": "false",
-        "RATE_LIMIT_LOGIN_PER_IP": "100000000",
-        "RATE_LIMIT_LOGIN_PER_EMAIL": "100000000",
-    }
-    if not cached:
-        env |= {"CACHE_AUTH_TTL_SECONDS": "0", "CACHE_LIST_TTL_SECONDS": "0"}
-    server = subprocess.Popen([sys.executable, "-m", "app.cli", "serve"], env=env)
-    return server, f"http://127.0.0.1:{port}"
-
-
 def http(dsn: str, repeats: int, duration: int) -> dict[str, list[dict[str, object]]]:
     ensure_wrk()
     results: dict[str, list[dict[str, object]]] = {"cache on": [], "cache off": []}
     token = ""
     for repeat in range(repeats):
         for label in ("cache on", "cache off"):
-            server, base = serve(dsn, cached=label == "cache on")
+            # "cache off": no cached sessions or list pages (ETags still work).
+            off = {"CACHE_AUTH_TTL_SECONDS": "0", "CACHE_LIST_TTL_SECONDS": "0"}
+            server, base = serve(dsn, **({} if label == "cache on" else off))
             try:
                 if not token:
                     token = prepare(base)

@@ -84,6 +84,26 @@ def peak_rss_mb(pid: int) -> float:
     return 0.0
 
 
+def serve(dsn: str, **env: str) -> tuple[subprocess.Popen[bytes], str]:
+    """`app serve` as in production, one worker, on a free port; extra env vars on top."""
+    port = free_port()
+    environment = {
+        **os.environ,
+        "ENV": "production",
+        "SECRET_KEY": "bench-secret-key-that-is-long-enough-000000",
+        "DATABASE_URL": dsn,
+        "PORT": str(port),
+        "LOG_LEVEL": "WARNING",
+        "MAILER": "memory",
+        "JOBS_INLINE_WORKER": "false",
+        "RATE_LIMIT_LOGIN_PER_IP": "100000000",
+        "RATE_LIMIT_LOGIN_PER_EMAIL": "100000000",
+        **env,
+    }
+    server = subprocess.Popen([sys.executable, "-m", "app.cli", "serve"], env=environment)
+    return server, f"http://127.0.0.1:{port}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--duration", type=int, default=15)
@@ -92,21 +112,7 @@ def main() -> None:
     ensure_wrk()
 
     with postgres() as dsn:
-        port = free_port()
-        env = {
-            **os.environ,
-            "ENV": "production",
-            "SECRET_KEY": "bench-secret-key-that-is-long-enough-000000",
-            "DATABASE_URL": dsn,
-            "PORT": str(port),
-            "LOG_LEVEL": "WARNING",
-            "MAILER": "memory",
-            "JOBS_INLINE_WORKER": "false",
-            "RATE_LIMIT_LOGIN_PER_IP": "100000000",
-            "RATE_LIMIT_LOGIN_PER_EMAIL": "100000000",
-        }
-        server = subprocess.Popen([sys.executable, "-m", "app.cli", "serve"], env=env)
-        base = f"http://127.0.0.1:{port}"
+        server, base = serve(dsn)
         try:
             token = prepare(base)
             auth = f'wrk.headers["Authorization"] = "Bearer {token}"\n'

@@ -16,7 +16,7 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Res
 from app.auth.dependencies import CurrentUser
 from app.cache import cache
 from app.cache.http import cache_headers, not_modified, weak_etag
-from app.db import Record
+from app.db import Connection, Database, Record
 from app.db.deps import DatabaseDep
 from app.pagination import InvalidCursor, read_timestamp_cursor, timestamp_cursor
 from app.search import request_embedding
@@ -110,15 +110,11 @@ async def create_project(body: ProjectIn, user: CurrentUser, db: DatabaseDep) ->
 async def get_project(
     project_id: RowId, request: Request, response: Response, user: CurrentUser, db: DatabaseDep
 ) -> Any:
-    headers = cache_headers(weak_etag(await data_version(user.id), "project", project_id))
-    if (unchanged := not_modified(request, headers)) is not None:
-        return unchanged
-    async with db.acquire() as conn:
-        row = await conn.fetchrow(service.GET_PROJECT, user.id, project_id)
-    if row is None:
-        raise HTTPException(404, "Project not found")
-    response.headers.update(headers)
-    return ProjectOut(**dict(row))
+    async def load(conn: Connection) -> Record | None:
+        return await conn.fetchrow(service.GET_PROJECT, user.id, project_id)
+
+    row = await _conditional_row(request, response, db, user.id, ("project", project_id), load)
+    return row if isinstance(row, Response) else ProjectOut(**dict(row))
 
 
 @router.patch("/api/projects/{project_id}")
@@ -221,15 +217,31 @@ async def create_task(body: TaskIn, user: CurrentUser, db: DatabaseDep) -> TaskO
 async def get_task(
     task_id: RowId, request: Request, response: Response, user: CurrentUser, db: DatabaseDep
 ) -> Any:
-    headers = cache_headers(weak_etag(await data_version(user.id), "task", task_id))
+    async def load(conn: Connection) -> Record | None:
+        return await service.get_task(conn, user.id, task_id)
+
+    row = await _conditional_row(request, response, db, user.id, ("task", task_id), load)
+    return row if isinstance(row, Response) else _task(row)
+
+
+async def _conditional_row(
+    request: Request,
+    response: Response,
+    db: Database,
+    user_id: int,
+    resource: tuple[str, int],
+    load: Callable[[Connection], Awaitable[Record | None]],
+) -> Record | Response:
+    """One owned row, or a 304 when the client's ETag is the current data version's."""
+    headers = cache_headers(weak_etag(await data_version(user_id), *resource))
     if (unchanged := not_modified(request, headers)) is not None:
         return unchanged
     async with db.acquire() as conn:
-        row = await service.get_task(conn, user.id, task_id)
+        row = await load(conn)
     if row is None:
-        raise HTTPException(404, "Task not found")
+        raise HTTPException(404, f"{resource[0].capitalize()} not found")
     response.headers.update(headers)
-    return _task(row)
+    return row
 
 
 @router.patch("/api/tasks/{task_id}")
