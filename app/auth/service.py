@@ -11,7 +11,6 @@ revokes the family (someone else holds a copy). Ending sessions:
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -278,16 +277,4 @@ async def forget_sessions(user_id: int) -> None:
     before the change and writes its (stale) answer just after the first delete would
     otherwise keep a revoked session alive for CACHE_AUTH_TTL_SECONDS.
     """
-    prefix = f"auth:{user_id}:"
-    await cache.delete_prefix(prefix)
-    task = asyncio.get_running_loop().create_task(_delete_later(prefix))
-    _pending.add(task)
-    task.add_done_callback(_pending.discard)
-
-
-_pending: set[asyncio.Task[None]] = set()
-
-
-async def _delete_later(prefix: str) -> None:
-    await asyncio.sleep(1.0)
-    await cache.delete_prefix(prefix)
+    await cache.delete_prefix(f"auth:{user_id}:", again_after=1.0)

@@ -60,7 +60,7 @@ from app.cache.local import MISSING, LocalCache
 from app.config import Settings, get_settings
 from app.db import Database, get_database
 
-__all__ = ["Cache", "CacheBackend", "cache", "create_backend"]
+__all__ = ["Cache", "CacheBackend", "CacheClosedError", "cache", "create_backend"]
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +73,10 @@ KEY_PATTERN = re.compile(r"^[^\s\x00-\x1f\x7f]{1,250}$")
 ANNOUNCE_MAX_BYTES = 7_000
 TRACKED_KEYS_PER_MINUTE = 10_000
 BACKEND_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, RedisError)
+
+
+class CacheClosedError(RuntimeError):
+    """The cache was stopped; calls made afterwards are misses."""
 
 
 class CacheBackend(Protocol):
@@ -143,6 +147,7 @@ class Cache:
         self._refreshing: set[str] = set()
         self._background: set[asyncio.Task[Any]] = set()
         self._starting = asyncio.Lock()
+        self._closed = False
         # Accounting, exported by CacheCollector at scrape time (cheaper than metric calls
         # on a path that takes a microsecond).
         self.reads: dict[tuple[str, str], int] = {}
@@ -172,6 +177,7 @@ class Cache:
         backend = create_backend(settings, db)
         await backend.start()
         self.backend = backend
+        self._closed = False
         if self._l1_enabled:
             try:
                 await backend.listen(self._on_invalidation, self._on_listener)
@@ -180,6 +186,7 @@ class Cache:
                 log.warning("cache: invalidation listener unavailable, L1 off: %s", exc)
 
     async def stop(self) -> None:
+        self._closed = True
         for task in [*self._inflight.values(), *self._background]:
             task.cancel()
         await asyncio.gather(*self._inflight.values(), *self._background, return_exceptions=True)
@@ -192,8 +199,14 @@ class Cache:
             await backend.close()
 
     async def _ready(self) -> CacheBackend:
-        """The backend; a plain script's first call starts one from Settings."""
+        """The backend; a plain script's first call starts one from Settings.
+
+        After ``stop()`` (the app shutting down) calls fail with CacheClosedError — which
+        reads as a miss — rather than quietly opening a new backend from the environment.
+        """
         if self.backend is None:
+            if self._closed:
+                raise CacheClosedError("the cache was stopped")
             async with self._starting:
                 if self.backend is None:
                     await self.start(get_settings(), await get_database())
@@ -239,8 +252,7 @@ class Cache:
                 self._tally(key, "l1_hit")
                 found[key] = value
         if wanted:
-            backend = await self._ready()
-            raw = await self._guard("get", backend.get_many(wanted), {})
+            raw = await self._call("get", lambda backend: backend.get_many(wanted), {})
             for key in wanted:
                 if key in raw:
                     self._tally(key, "hit")
@@ -251,12 +263,11 @@ class Cache:
 
     async def _fetch(self, key: str, *, with_ttl: bool = True) -> Any:
         """(value, remaining ttl) from the backend, filling L1; MISSING when absent."""
-        backend = await self._ready()
         generation = self._generation
         if not self._listening and not with_ttl:
-            raw = await self._guard("get", backend.get(key), None)
+            raw = await self._call("get", lambda backend: backend.get(key), None)
             return MISSING if raw is None else (orjson.loads(raw), None)
-        row = await self._guard("get", backend.get_with_ttl(key), None)
+        row = await self._call("get", lambda backend: backend.get_with_ttl(key), None)
         if row is None:
             return MISSING
         value = orjson.loads(row[0])
@@ -277,9 +288,10 @@ class Cache:
         self._written([key])
         if raw is None:
             return False
-        backend = await self._ready()
         ttl = self._ttl(ttl)
-        stored = await self._guard("set", backend.set(key, raw, ttl, self._announce([key])), False)
+        stored = await self._call(
+            "set", lambda backend: backend.set(key, raw, ttl, self._announce([key])), False
+        )
         if stored is not False and self._listening:
             self._l1.put(key, value, time.monotonic() + min(self._l1_ttl, ttl))
         return stored is not False
@@ -295,10 +307,9 @@ class Cache:
         self._written(list(values))
         if not encoded:
             return False
-        backend = await self._ready()
         announce = self._announce(list(encoded))
-        result = await self._guard(
-            "set", backend.set_many(encoded, self._ttl(ttl), announce), False
+        result = await self._call(
+            "set", lambda backend: backend.set_many(encoded, self._ttl(ttl), announce), False
         )
         return result is not False
 
@@ -308,8 +319,9 @@ class Cache:
         raw = self._encode(key, value)
         if raw is None:
             return False
-        backend = await self._ready()
-        return bool(await self._guard("set", backend.add(key, raw, self._ttl(ttl)), False))
+        return bool(
+            await self._call("set", lambda backend: backend.add(key, raw, self._ttl(ttl)), False)
+        )
 
     async def delete(self, *keys: str) -> int:
         """Remove keys here and in every process's L1; returns how many existed."""
@@ -318,20 +330,27 @@ class Cache:
         self._written(list(keys))
         if not keys:
             return 0
-        backend = await self._ready()
-        deleted = await self._guard(
-            "delete", backend.delete(list(keys), self._announce(list(keys))), 0
+        deleted = await self._call(
+            "delete", lambda backend: backend.delete(list(keys), self._announce(list(keys))), 0
         )
         return int(deleted)
 
-    async def delete_prefix(self, prefix: str) -> int:
-        """Remove every key starting with ``prefix`` (at least one character)."""
+    async def delete_prefix(self, prefix: str, *, again_after: float | None = None) -> int:
+        """Remove every key starting with ``prefix`` (at least one character).
+
+        ``again_after``: delete once more that many seconds later, in the background — for
+        invalidations racing a reader that read the database just before the change and
+        stores its stale answer just after the first delete.
+        """
         check_key(prefix)
+        if again_after is not None:
+            self._spawn(self._delete_later(prefix, again_after), f"cache-delete-again:{prefix}")
         self._generation += 1
         self._l1.evict_prefix(prefix)
-        backend = await self._ready()
         announce = f"{self.instance} p {prefix}" if self._l1_enabled else ""
-        return int(await self._guard("delete", backend.delete_prefix(prefix, announce), 0))
+        return int(
+            await self._call("delete", lambda backend: backend.delete_prefix(prefix, announce), 0)
+        )
 
     async def incr(self, key: str, amount: int = 1, ttl: float | None = None) -> int | None:
         """Add ``amount`` to the integer at ``key`` (from 0; ``ttl`` set on creation).
@@ -341,9 +360,10 @@ class Cache:
         """
         check_key(key)
         self._written([key])
-        backend = await self._ready()
-        result: int | None = await self._guard(
-            "incr", backend.incr(key, amount, self._ttl(ttl), self._announce([key])), None
+        result: int | None = await self._call(
+            "incr",
+            lambda backend: backend.incr(key, amount, self._ttl(ttl), self._announce([key])),
+            None,
         )
         return result
 
@@ -378,22 +398,23 @@ class Cache:
 
     async def _load_once(self, key: str, loader: Loader[T], ttl: float) -> T:
         settings = self._settings()
-        backend = await self._ready()
         token = secrets.token_hex(8)
         lock_ttl = settings.cache_lock_ttl_seconds
         # A backend that cannot answer cannot coordinate either: just load.
-        if await self._guard("lock", backend.try_lock(key, token, lock_ttl), True):
+        if await self._call("lock", lambda backend: backend.try_lock(key, token, lock_ttl), True):
             return await self._load_locked(key, loader, ttl, token)
         deadline = time.monotonic() + settings.cache_lock_wait_seconds
         delay = 0.005
         while time.monotonic() < deadline:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.1)
-            raw = await self._guard("get", backend.get(key), None)
+            raw = await self._call("get", lambda backend: backend.get(key), None)
             if raw is not None:
                 return orjson.loads(raw)  # type: ignore[no-any-return]
             # No value and the lock is free again: the loader failed; take over.
-            if await self._guard("lock", backend.try_lock(key, token, lock_ttl), False):
+            if await self._call(
+                "lock", lambda backend: backend.try_lock(key, token, lock_ttl), False
+            ):
                 return await self._load_locked(key, loader, ttl, token)
         waited = settings.cache_lock_wait_seconds
         log.warning("cache: waited %.1fs for %r to be loaded elsewhere; loading", waited, key)
@@ -402,13 +423,12 @@ class Cache:
         return value
 
     async def _load_locked(self, key: str, loader: Loader[T], ttl: float, token: str) -> T:
-        backend = await self._ready()
         try:
             value = await loader()
             await self.set(key, value, ttl)
             return value
         finally:
-            await self._guard("lock", backend.unlock(key, token), None)
+            await self._call("lock", lambda backend: backend.unlock(key, token), None)
 
     def _maybe_refresh_early(
         self, key: str, loader: Loader[Any], ttl: float, remaining: float | None
@@ -419,21 +439,30 @@ class Cache:
         if key in self._refreshing or key in self._inflight:
             return
         self._refreshing.add(key)
-        task = asyncio.create_task(self._refresh(key, loader, ttl), name=f"cache-refresh:{key}")
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self._spawn(self._refresh(key, loader, ttl), f"cache-refresh:{key}")
 
     async def _refresh(self, key: str, loader: Loader[Any], ttl: float) -> None:
-        backend = await self._ready()
         token = secrets.token_hex(8)
         try:
             lock_ttl = self._settings().cache_lock_ttl_seconds
-            if await self._guard("lock", backend.try_lock(key, token, lock_ttl), False):
+            if await self._call(
+                "lock", lambda backend: backend.try_lock(key, token, lock_ttl), False
+            ):
                 await self._load_locked(key, loader, ttl, token)
         except Exception:
             log.exception("cache: early refresh of %r failed", key)
         finally:
             self._refreshing.discard(key)
+
+    async def _delete_later(self, prefix: str, delay: float) -> None:
+        await asyncio.sleep(delay)
+        await self.delete_prefix(prefix)
+
+    def _spawn(self, work: Awaitable[Any], name: str) -> None:
+        task = asyncio.ensure_future(work)
+        task.set_name(name)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     # --- housekeeping (run by the pgfirst.purge_cache job) ------------------------------
 
@@ -505,11 +534,16 @@ class Cache:
             return None
         return raw
 
-    async def _guard(self, operation: str, call: Awaitable[Any], fallback: Any) -> Any:
+    async def _call(
+        self, operation: str, use: Callable[[CacheBackend], Awaitable[Any]], fallback: Any
+    ) -> Any:
         """Run a backend call under CACHE_TIMEOUT_SECONDS; failure → ``fallback``."""
         try:
+            backend = await self._ready()
             async with asyncio.timeout(self._timeout):
-                return await call
+                return await use(backend)
+        except CacheClosedError:
+            return fallback
         except BACKEND_ERRORS as exc:
             self.errors[operation] = self.errors.get(operation, 0) + 1
             now = time.monotonic()
