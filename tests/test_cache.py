@@ -250,6 +250,29 @@ async def test_a_locked_cache_table_times_out_into_misses(
         await db.close()
 
 
+async def test_killed_cache_connections_are_replaced(
+    make_settings: Callable[..., Settings], db_conn: asyncpg.Connection
+) -> None:
+    settings = make_settings(cache_pool_size=3, cache_l1_max_entries=0)
+    db = await Database.connect(settings, settings.database_url)
+    cache = Cache()
+    await cache.start(settings, db)
+    try:
+        await cache.set("k", "v")
+        assert await asyncio.gather(*(cache.get("k") for _ in range(10))) == ["v"] * 10
+        killed = await db_conn.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE application_name = 'pgfirst-cache'"
+        )
+        assert killed >= 1
+        # Each dead connection costs at most one miss; then the set is whole again.
+        await eventually(lambda: cache.get("k"), lambda value: value == "v")
+        assert await asyncio.gather(*(cache.get("k") for _ in range(10))) == ["v"] * 10
+    finally:
+        await cache.stop()
+        await db.close()
+
+
 async def test_purge_deletes_expired_rows_and_enforces_the_size_cap(
     make_settings: Callable[..., Settings], db_conn: asyncpg.Connection
 ) -> None:

@@ -1,9 +1,10 @@
 """The Postgres cache backend: an UNLOGGED table, one prepared statement per operation.
 
-Reads go through a small pool of their own (CACHE_POOL_SIZE connections) whose release
-skips asyncpg's reset query: the default reset (RESET ALL, UNLISTEN *, unlock advisory
-locks...) is a server round trip on every release and halves the GET/s of a busy cache
-(docs/cache.md). Nothing on this pool changes session state, so there is nothing to reset.
+Statements run on a set of connections of their own (CACHE_POOL_SIZE), handed out from
+a free list (connections.py) rather than an asyncpg pool: a pool's reset on release (RESET
+ALL, UNLISTEN *, ...) is a server round trip that halved the GET/s of a busy cache, and its
+acquire/release bookkeeping alone is a quarter of a read's time (docs/cache.md). Nothing
+on these connections changes session state, so there is nothing to reset.
 
 Writes announce themselves to other processes' L1 tiers with ``pg_notify`` in the same
 statement as the write — one round trip, delivered by PostgreSQL when the write commits.
@@ -23,6 +24,7 @@ from typing import Any
 
 import asyncpg
 
+from app.cache.connections import ConnectionSet
 from app.config import Settings
 from app.db import Database, Record
 
@@ -151,33 +153,32 @@ def prefix_upper_bound(prefix: str) -> str | None:
     return None
 
 
-async def _no_reset(conn: asyncpg.Connection[Record]) -> None:
-    # asyncpg still rolls back an open transaction before calling this.
-    return None
-
-
 class PostgresCacheBackend:
     name = "postgres"
 
     def __init__(self, settings: Settings, db: Database) -> None:
         self.settings = settings
         self.db = db
-        self._pool: asyncpg.Pool | None = None
+        self._pool: ConnectionSet | None = None
         self._listener: asyncpg.Connection[Record] | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._stopping = False
 
     async def start(self) -> None:
         pgbouncer = self.settings.db_pool_mode == "pgbouncer"
-        self._pool = await asyncpg.create_pool(
-            self.db.dsn,
-            min_size=1,
-            max_size=self.settings.cache_pool_size,
-            command_timeout=self.settings.db_command_timeout,
-            statement_cache_size=0 if pgbouncer else 256,
-            reset=_no_reset,
-            server_settings={"application_name": "pgfirst-cache"},
-        )
+
+        async def connect() -> asyncpg.Connection[Record]:
+            conn: asyncpg.Connection[Record] = await asyncpg.connect(
+                self.db.dsn,
+                command_timeout=self.settings.db_command_timeout,
+                statement_cache_size=0 if pgbouncer else 256,
+                server_settings={"application_name": "pgfirst-cache"},
+            )
+            return conn
+
+        pool = ConnectionSet(connect, self.settings.cache_pool_size)
+        await pool.start()
+        self._pool = pool
 
     async def close(self) -> None:
         self._stopping = True
@@ -190,7 +191,7 @@ class PostgresCacheBackend:
             await self._pool.close()
 
     @property
-    def pool(self) -> asyncpg.Pool:
+    def pool(self) -> ConnectionSet:
         if self._pool is None:
             raise RuntimeError("cache backend not started")
         return self._pool
