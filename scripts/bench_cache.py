@@ -7,8 +7,8 @@ runs on uvloop (as the app does) and, for each tier in alternation:
 
 - fills ``--keys`` keys with 1 KiB values;
 - get (hit) and set of random keys: sequential (p50/p99 per call, ops/s) and from 32
-  concurrent tasks (ops/s, p50/p99) — the Postgres backend on its own pool of 10 with no
-  reset on release, redis-py on its connection pool;
+  concurrent tasks (ops/s, p50/p99) — the Postgres backend on its own 10 connections
+  (CACHE_POOL_SIZE=10), redis-py on its connection pool;
 - ``l1``: the same ``cache.get`` on 1,000 hot keys, served from the in-process tier;
 - invalidation delay: two Cache instances (as two processes would have them); the time
   from a ``set`` on one to the key leaving the other's L1, per backend;
