@@ -53,6 +53,10 @@ async def test_task_reads_answer_304_until_the_data_changes(client: httpx.AsyncC
     )
     assert refreshed.status_code == 200
 
+    metrics = (await client.get("/metrics")).text
+    assert 'cache_reads_total{prefix="tasks",result="l1_hit"}' in metrics
+    assert 'cache_reads_total{prefix="auth",result="miss"}' in metrics
+
 
 async def test_cached_pages_never_cross_users(client: httpx.AsyncClient) -> None:
     alice = await new_user(client, "alice@example.com")
