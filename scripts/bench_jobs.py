@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
+import uvloop
 
 from app.config import load_settings
 from app.db import Database, set_database
@@ -273,10 +274,19 @@ def main() -> None:
     parser.add_argument(
         "--only", default=",".join(CONTENDERS), help="comma-separated: " + ", ".join(CONTENDERS)
     )
+    parser.add_argument(
+        "--loop",
+        choices=("uvloop", "asyncio"),
+        default="uvloop",
+        help="event loop for every contender (uvloop: what `app worker` and uvicorn run on)",
+    )
     options = parser.parse_args()
     names = [name for name in options.only.split(",") if name]
     with postgres() as dsn:
-        asyncio.run(measure(dsn, options.jobs, options.repeats, names))
+        if options.loop == "uvloop":
+            uvloop.run(measure(dsn, options.jobs, options.repeats, names))
+        else:
+            asyncio.run(measure(dsn, options.jobs, options.repeats, names))
 
 
 if __name__ == "__main__":

@@ -220,13 +220,12 @@ class Worker:
             self._wake.clear()
             # Claim ahead of the free slots (up to one batch), so the next jobs are already
             # leased when a slot frees up: one claim statement feeds many jobs.
-            claimed: list[ClaimedJob] = []
+            claimed = 0
             tried = False
             capacity = self.concurrency + batch - len(self._running) - len(self._ready)
             if len(self._ready) < self._low_water and capacity > 0:
                 tried = True
                 claimed = await self._claim(min(batch, capacity))
-                self._ready.extend(claimed)
             self._start_ready()
             # Successes are recorded a batch at a time, or as soon as the worker is idle.
             if len(self._succeeded) >= batch or not (self._running or self._ready):
@@ -249,24 +248,27 @@ class Worker:
             job = self._ready.popleft()
             self._running[job.id] = asyncio.create_task(self._execute(job), name=f"job-{job.id}")
 
-    async def _claim(self, limit: int) -> list[ClaimedJob]:
+    async def _claim(self, limit: int) -> int:
+        """Lease up to ``limit`` jobs, queue them in order and start what fits; how many."""
         lease = self.settings.jobs_lease_seconds
-        async with self._bookkeeping() as conn:
-            rows = await conn.fetch(CLAIM, self.queues, limit, lease, self.id)
-        claimed = []
-        for row in sorted(rows, key=lambda r: (-r["priority"], r["run_at"], r["id"])):
-            JOB_WAIT_SECONDS.observe(max(0.0, float(row["waited"])))
-            claimed.append(
-                ClaimedJob(
-                    row["id"],
-                    row["name"],
-                    row["args"],
-                    row["attempt"],
-                    row["max_attempts"],
-                    row["request_id"],
+        async with self.db.acquire() as conn:
+            async with self._bookkeeping(conn):
+                rows = await conn.fetch(CLAIM, self.queues, limit, lease, self.id)
+            # Committed: start the jobs now rather than after the pool's reset on release.
+            for row in sorted(rows, key=lambda r: (-r["priority"], r["run_at"], r["id"])):
+                JOB_WAIT_SECONDS.observe(max(0.0, float(row["waited"])))
+                self._ready.append(
+                    ClaimedJob(
+                        row["id"],
+                        row["name"],
+                        row["args"],
+                        row["attempt"],
+                        row["max_attempts"],
+                        row["request_id"],
+                    )
                 )
-            )
-        return claimed
+            self._start_ready()
+        return len(rows)
 
     async def _execute(self, job: ClaimedJob) -> None:
         token = request_id_var.set(job.request_id or f"job-{job.id}")
@@ -308,7 +310,7 @@ class Worker:
         delay = delay / 2 + random.uniform(0, delay / 2)  # noqa: S311 - jitter, not crypto
         error = f"{type(exc).__name__}: {exc}"[:2000]
         trace = "".join(traceback.format_exception(exc))[-8000:]
-        async with self._bookkeeping() as conn:
+        async with self.db.acquire() as conn, self._bookkeeping(conn):
             state = await conn.fetchval(FAIL, job.id, self.id, delay, error, trace)
         outcome = "dead" if state == "dead" else "retried"
         JOBS_FINISHED.labels(outcome).inc()
@@ -319,16 +321,16 @@ class Worker:
         if not self._succeeded:
             return
         done, self._succeeded = self._succeeded, []
-        async with self._bookkeeping() as conn:
+        async with self.db.acquire() as conn, self._bookkeeping(conn):
             await conn.execute(COMPLETE, done, self.id)
 
     @asynccontextmanager
-    async def _bookkeeping(self) -> AsyncIterator[Connection]:
+    async def _bookkeeping(self, conn: Connection) -> AsyncIterator[None]:
         """A transaction for the worker's own writes: claims, completions, failures."""
         durable = self.settings.jobs_synchronous_commit
-        async with self.db.acquire() as conn, conn.transaction():
+        async with conn.transaction():
             await conn.execute(BOOKKEEPING_DURABLE if durable else BOOKKEEPING_FAST)
-            yield conn
+            yield
 
     # --- upkeep --------------------------------------------------------------------------
 
