@@ -16,7 +16,7 @@ import tests.jobs_fixtures as fixtures
 from app.config import Settings
 from app.db import Database, set_database
 from app.jobs import cancel_job, enqueue, enqueue_many, retry_job
-from app.jobs.worker import Worker
+from app.jobs.worker import CLAIM, Worker
 from app.main import create_app
 from app.observability.logging import request_id_var
 from tests.helpers import eventually
@@ -108,6 +108,22 @@ async def test_priority_then_run_at_order(db: Database, job_settings: Settings) 
     await enqueue("test.record", {"value": "later"}, delay=3600)
     await drain(db, job_settings, concurrency=1)
     assert await runs(db, "record") == ["high", "low-old", "low-new"]  # 'later' is not due
+
+
+async def test_a_claim_walks_the_claim_index_even_before_analyze(
+    db: Database, job_settings: Settings
+) -> None:
+    # Right after a burst of enqueues the table's statistics say it is (nearly) empty; a
+    # planner left alone then sorts every waiting job on each claim instead of reading
+    # the claim index in order and stopping after the batch.
+    await enqueue_many("test.record", [{"value": n} for n in range(5000)])
+    worker = Worker(db, job_settings)
+    async with db.acquire() as conn, worker._bookkeeping(conn):
+        plan = "\n".join(
+            row[0] for row in await conn.fetch("EXPLAIN " + CLAIM, ["default"], 100, 30.0, "w")
+        )
+    assert "Index Scan using jobs_claim" in plan, plan
+    assert "Sort" not in plan, plan
 
 
 async def test_failures_back_off_then_die_with_every_error_kept(
