@@ -126,6 +126,23 @@ async def test_a_claim_walks_the_claim_index_even_before_analyze(
     assert "Sort" not in plan, plan
 
 
+@pytest.mark.parametrize("synchronous", [False, True])
+async def test_worker_bookkeeping_skips_the_wal_flush_unless_configured(
+    db: Database, make_settings: Callable[..., Settings], synchronous: bool
+) -> None:
+    # Off by default: a lost claim or completion re-runs a job (at-least-once), never loses one.
+    settings = make_settings(**JOB_SETTINGS, jobs_synchronous_commit=synchronous)
+    worker = Worker(db, settings)
+    async with db.acquire() as conn:
+        await conn.execute("SET synchronous_commit = on")
+        async with worker._bookkeeping(conn):
+            inside = await conn.fetchval("SHOW synchronous_commit")
+        after = await conn.fetchval("SHOW synchronous_commit")
+        await conn.execute("RESET synchronous_commit")
+    assert inside == ("on" if synchronous else "off")
+    assert after == "on"  # SET LOCAL: the pooled connection is left as it was
+
+
 async def test_failures_back_off_then_die_with_every_error_kept(
     db: Database, job_settings: Settings
 ) -> None:
