@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import statistics
 import time
 from collections.abc import Awaitable, Callable
@@ -168,6 +169,8 @@ async def run_procrastinate(dsn: str, jobs: int) -> dict[str, float] | None:
         import procrastinate
     except ImportError:
         return None
+    # It warns that an App built in __main__ cannot be imported by its CLI: not used here.
+    logging.getLogger("procrastinate.blueprints").setLevel(logging.ERROR)
     concurrency = PROCRASTINATE_CONCURRENCY
     connector = procrastinate.PsycopgConnector(
         conninfo=dsn, min_size=concurrency + 2, max_size=concurrency + 2
