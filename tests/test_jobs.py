@@ -120,7 +120,7 @@ async def test_a_claim_walks_the_claim_index_even_before_analyze(
     worker = Worker(db, job_settings)
     async with db.acquire() as conn, worker._bookkeeping(conn):
         plan = "\n".join(
-            row[0] for row in await conn.fetch("EXPLAIN " + CLAIM, ["default"], 100, 30.0, "w")
+            row[0] for row in await conn.fetch("EXPLAIN " + CLAIM, ["default"], 100, 30.0, "w", [])
         )
     assert "Index Scan using jobs_claim" in plan, plan
     assert "Sort" not in plan, plan

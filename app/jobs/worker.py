@@ -64,6 +64,11 @@ def _run_seconds(name: str) -> Histogram:
 
 
 CLAIM = """
+WITH finished AS (
+    UPDATE jobs
+    SET state = 'succeeded', finished_at = now(), locked_until = NULL, locked_by = NULL
+    WHERE id = ANY($5::bigint[]) AND locked_by = $4 AND locked_until IS NOT NULL
+)
 UPDATE jobs
 SET state = 'running', attempt = attempt + 1,
     locked_until = now() + make_interval(secs => $3), locked_by = $4
@@ -77,6 +82,9 @@ WHERE id = ANY(ARRAY(
 RETURNING id, name, args, attempt, max_attempts, request_id, priority, run_at,
           extract(epoch FROM now() - run_at) AS waited
 """
+# The claim also records the successes since the last one (`finished`, $5): one statement
+# and one commit per batch for both ends. A data-modifying CTE runs to completion even
+# though nothing reads it; its rows (running) and the claimed ones (available) never meet.
 # `id = ANY(ARRAY(subquery))` rather than a join to a CTE: the planner then fetches the
 # claimed rows by primary key instead of hashing a scan of the whole table (a join's row
 # estimate for a LIMIT-ed CTE is poor, and the scan grows with the table). RETURNING comes
@@ -218,14 +226,14 @@ class Worker:
         batch = self.settings.jobs_claim_batch
         while not self._stopping.is_set():
             self._wake.clear()
-            # Claim ahead of the free slots (up to one batch), so the next jobs are already
-            # leased when a slot frees up: one claim statement feeds many jobs.
+            # Claim a whole batch ahead of the free slots whenever fewer than half a batch
+            # wait, so the next jobs are leased before a slot frees up and one statement
+            # feeds many jobs. A worker holds at most concurrency + 1.5 batches.
             claimed = 0
             tried = False
-            capacity = self.concurrency + batch - len(self._running) - len(self._ready)
-            if len(self._ready) < self._low_water and capacity > 0:
+            if len(self._ready) < self._low_water:
                 tried = True
-                claimed = await self._claim(min(batch, capacity))
+                claimed = await self._claim(batch)
             self._start_ready()
             # Successes are recorded a batch at a time, or as soon as the worker is idle.
             if len(self._succeeded) >= batch or not (self._running or self._ready):
@@ -249,11 +257,15 @@ class Worker:
             self._running[job.id] = asyncio.create_task(self._execute(job), name=f"job-{job.id}")
 
     async def _claim(self, limit: int) -> int:
-        """Lease up to ``limit`` jobs, queue them in order and start what fits; how many."""
+        """Record successes, lease up to ``limit`` jobs, queue them in order, start what fits.
+
+        Returns how many were claimed.
+        """
         lease = self.settings.jobs_lease_seconds
+        done, self._succeeded = self._succeeded, []
         async with self.db.acquire() as conn:
             async with self._bookkeeping(conn):
-                rows = await conn.fetch(CLAIM, self.queues, limit, lease, self.id)
+                rows = await conn.fetch(CLAIM, self.queues, limit, lease, self.id, done)
             # Committed: start the jobs now rather than after the pool's reset on release.
             for row in sorted(rows, key=lambda r: (-r["priority"], r["run_at"], r["id"])):
                 JOB_WAIT_SECONDS.observe(max(0.0, float(row["waited"])))
