@@ -1,9 +1,12 @@
 """The worker: claim in batches, run with bounded concurrency, finish in batches.
 
-Loop: claim up to the free slots (``FOR UPDATE SKIP LOCKED``, so workers never wait on
-each other and never get the same job), run each job as a task, and record successes in
-one UPDATE per flush — transactions per job are what bound a queue's throughput
-(docs/jobs.md). With nothing to claim the worker sleeps until a NOTIFY on
+Loop: claim a batch ahead of the free slots (``FOR UPDATE SKIP LOCKED``, so workers never
+wait on each other and never get the same job), run each job as a task, and record the
+successes in the next claim statement — one statement and one commit per batch for both
+ends, because transactions per job are what bound a queue's throughput (docs/jobs.md).
+The worker's bookkeeping pins the claim's plan (``enable_sort = off``) and does not wait
+for the WAL flush (JOBS_SYNCHRONOUS_COMMIT): a lost claim or completion re-runs a job, it
+never loses one. With nothing to claim the worker sleeps until a NOTIFY on
 ``pgfirst_jobs`` (sent when a job is committed) or the poll interval, whichever comes
 first; without LISTEN (``DB_POOL_MODE=pgbouncer``, or a lost listener) polling alone keeps
 it going.
