@@ -267,8 +267,12 @@ class Worker:
         lease = self.settings.jobs_lease_seconds
         done, self._succeeded = self._succeeded, []
         async with self.db.acquire() as conn:
-            async with self._bookkeeping(conn):
-                rows = await conn.fetch(CLAIM, self.queues, limit, lease, self.id, done)
+            try:
+                async with self._bookkeeping(conn):
+                    rows = await conn.fetch(CLAIM, self.queues, limit, lease, self.id, done)
+            except BaseException:
+                self._succeeded[:0] = done  # recorded by the next try (a repeat is a no-op)
+                raise
             # Committed: start the jobs now rather than after the pool's reset on release.
             for row in sorted(rows, key=lambda r: (-r["priority"], r["run_at"], r["id"])):
                 JOB_WAIT_SECONDS.observe(max(0.0, float(row["waited"])))
@@ -336,8 +340,12 @@ class Worker:
         if not self._succeeded:
             return
         done, self._succeeded = self._succeeded, []
-        async with self.db.acquire() as conn, self._bookkeeping(conn):
-            await conn.execute(COMPLETE, done, self.id)
+        try:
+            async with self.db.acquire() as conn, self._bookkeeping(conn):
+                await conn.execute(COMPLETE, done, self.id)
+        except BaseException:
+            self._succeeded[:0] = done
+            raise
 
     @asynccontextmanager
     async def _bookkeeping(self, conn: Connection) -> AsyncIterator[None]:
