@@ -1,16 +1,23 @@
-"""Jobs: bulk enqueue, drain and pickup latency — pgfirst against pgqueuer, same run.
+"""Jobs: bulk enqueue, drain and pickup latency — pgfirst, pgqueuer and procrastinate.
 
     uv run --group bench python -m scripts.bench_jobs [--jobs 20000] [--repeats 3]
+        [--only pgfirst,pgqueuer,procrastinate] [--loop uvloop|asyncio]
+        [--procrastinate-concurrency 10]
 
-On one throwaway embedded PostgreSQL (fsync on), for each queue in turn:
+On one throwaway embedded PostgreSQL (fsync on, synchronous commit), in one process and
+one event loop (uvloop unless ``--loop asyncio``), each queue in turn, repeats alternating:
 
-- bulk enqueue of ``--jobs`` no-op jobs (one call);
-- drain: one worker process's worth of consumers empties the queue (pgfirst at
-  concurrency 10, claim batch 100; pgqueuer at batch size 100), jobs/s;
-- pickup latency: an idle worker, 200 jobs enqueued one at a time 20 ms apart; the time
-  from the enqueue's commit to the handler starting, p50 and p99.
+- bulk enqueue of ``--jobs`` no-op jobs in one call (pgfirst ``enqueue_many``, pgqueuer
+  ``Queries.enqueue`` with lists, procrastinate ``batch_defer_async``);
+- drain: one worker empties the queue, jobs/s (pgfirst: concurrency 10, claim batch 100;
+  pgqueuer: batch size 100; procrastinate: ``run_worker_async`` with
+  ``--procrastinate-concurrency`` jobs at once);
+- pickup latency: the idle worker, 200 jobs enqueued one at a time 20 ms apart; from the
+  enqueue call (its commit waits for the disk) to the handler starting, p50 and p99.
 
-pgqueuer is installed only in the `bench` dependency group. Medians of the repeats.
+pgqueuer and procrastinate are installed only in the `bench` dependency group; each
+applies its own schema to the same database. Medians of the repeats; ratios are
+pgfirst's figure over the other's (for latencies, below 1 is better for pgfirst).
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import logging
 import statistics
 import time
@@ -34,9 +42,8 @@ from app.jobs.worker import Worker
 from scripts.benchkit import percentile, postgres
 
 PICKUPS = 200
-# procrastinate's best of 1/5/10/20/50 concurrent jobs in one worker here.
+# procrastinate's one worker: jobs at once (docs/benchmarks.md has the sweep).
 PROCRASTINATE_CONCURRENCY = 10
-_started: dict[int, float] = {}
 _pickup_started: list[float] = []
 _picked = asyncio.Event()
 _remaining = 0
@@ -164,14 +171,15 @@ async def run_pgqueuer(dsn: str, jobs: int) -> dict[str, float] | None:
     }
 
 
-async def run_procrastinate(dsn: str, jobs: int) -> dict[str, float] | None:
+async def run_procrastinate(
+    dsn: str, jobs: int, concurrency: int = PROCRASTINATE_CONCURRENCY
+) -> dict[str, float] | None:
     try:
         import procrastinate
     except ImportError:
         return None
     # It warns that an App built in __main__ cannot be imported by its CLI: not used here.
     logging.getLogger("procrastinate.blueprints").setLevel(logging.ERROR)
-    concurrency = PROCRASTINATE_CONCURRENCY
     connector = procrastinate.PsycopgConnector(
         conninfo=dsn, min_size=concurrency + 2, max_size=concurrency + 2
     )
@@ -245,11 +253,19 @@ CONTENDERS: dict[str, Callable[[str, int], Awaitable[dict[str, float] | None]]] 
 }
 
 
-async def measure(dsn: str, jobs: int, repeats: int, names: list[str]) -> None:
+async def measure(
+    dsn: str, jobs: int, repeats: int, names: list[str], procrastinate_concurrency: int
+) -> None:
+    contenders = {
+        **CONTENDERS,
+        "procrastinate": functools.partial(
+            run_procrastinate, concurrency=procrastinate_concurrency
+        ),
+    }
     results: dict[str, list[dict[str, float]]] = {name: [] for name in names}
     for _ in range(repeats):
         for name in names:
-            outcome = await CONTENDERS[name](dsn, jobs)
+            outcome = await contenders[name](dsn, jobs)
             if outcome is not None:
                 results[name].append(outcome)
     present = [name for name in names if results[name]]
@@ -283,13 +299,20 @@ def main() -> None:
         default="uvloop",
         help="event loop for every contender (uvloop: what `app worker` and uvicorn run on)",
     )
+    parser.add_argument(
+        "--procrastinate-concurrency",
+        type=int,
+        default=PROCRASTINATE_CONCURRENCY,
+        help="jobs its one worker runs at once",
+    )
     options = parser.parse_args()
     names = [name for name in options.only.split(",") if name]
     with postgres() as dsn:
+        run = measure(dsn, options.jobs, options.repeats, names, options.procrastinate_concurrency)
         if options.loop == "uvloop":
-            uvloop.run(measure(dsn, options.jobs, options.repeats, names))
+            uvloop.run(run)
         else:
-            asyncio.run(measure(dsn, options.jobs, options.repeats, names))
+            asyncio.run(run)
 
 
 if __name__ == "__main__":
