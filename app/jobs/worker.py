@@ -42,7 +42,7 @@ import asyncpg
 from prometheus_client import Counter, Gauge, Histogram
 
 from app.config import Settings
-from app.db import Connection, Database
+from app.db import Connection, Database, Record
 from app.jobs.queue import CANCEL_CHANNEL, WAKE_CHANNEL, enqueue
 from app.jobs.registry import REGISTRY
 from app.observability.logging import request_id_var
@@ -105,6 +105,9 @@ RETURNING id, name, args, attempt, max_attempts, request_id, priority, run_at,
 #   index scan is the only plan left.
 BOOKKEEPING_DURABLE = "SET LOCAL enable_sort = off"
 BOOKKEEPING_FAST = "SET LOCAL enable_sort = off; SET LOCAL synchronous_commit = off"
+# The same for the claim loop's own connection, once per session (``Worker._claimer``).
+CLAIMER_DURABLE = "SET enable_sort = off"
+CLAIMER_FAST = "SET enable_sort = off; SET synchronous_commit = off"
 # `locked_by = $2 AND locked_until IS NOT NULL` means "running, leased by this worker" (the
 # jobs_lease_iff_running CHECK), without naming `state`: a `state = 'running'` condition
 # lets the planner AND the primary-key lookup with a scan of the whole lease index, which
@@ -202,6 +205,7 @@ class Worker:
         self._low_water = max(self.concurrency, settings.jobs_claim_batch // 2)
         self._stopping = asyncio.Event()
         self._listener: asyncpg.Connection[Any] | None = None
+        self._claim_conn: asyncpg.Connection[Record] | None = None
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -264,30 +268,58 @@ class Worker:
 
         Returns how many were claimed.
         """
-        lease = self.settings.jobs_lease_seconds
         done, self._succeeded = self._succeeded, []
-        async with self.db.acquire() as conn:
-            try:
-                async with self._bookkeeping(conn):
-                    rows = await conn.fetch(CLAIM, self.queues, limit, lease, self.id, done)
-            except BaseException:
-                self._succeeded[:0] = done  # recorded by the next try (a repeat is a no-op)
-                raise
-            # Committed: start the jobs now rather than after the pool's reset on release.
-            for row in sorted(rows, key=lambda r: (-r["priority"], r["run_at"], r["id"])):
-                JOB_WAIT_SECONDS.observe(max(0.0, float(row["waited"])))
-                self._ready.append(
-                    ClaimedJob(
-                        row["id"],
-                        row["name"],
-                        row["args"],
-                        row["attempt"],
-                        row["max_attempts"],
-                        row["request_id"],
-                    )
+        try:
+            rows = await self._run_claim(limit, done)
+        except BaseException:
+            self._succeeded[:0] = done  # recorded by the next try (a repeat is a no-op)
+            raise
+        for row in sorted(rows, key=lambda r: (-r["priority"], r["run_at"], r["id"])):
+            JOB_WAIT_SECONDS.observe(max(0.0, float(row["waited"])))
+            self._ready.append(
+                ClaimedJob(
+                    row["id"],
+                    row["name"],
+                    row["args"],
+                    row["attempt"],
+                    row["max_attempts"],
+                    row["request_id"],
                 )
-            self._start_ready()
+            )
+        self._start_ready()
         return len(rows)
+
+    async def _run_claim(self, limit: int, done: list[int]) -> list[Record]:
+        args = (self.queues, limit, self.settings.jobs_lease_seconds, self.id, done)
+        if self.settings.db_pool_mode == "pgbouncer":
+            # Transaction pooling keeps no session settings: set them in each transaction.
+            async with self.db.acquire() as conn, self._bookkeeping(conn):
+                return await conn.fetch(CLAIM, *args)
+        conn = await self._claimer()
+        try:
+            return await conn.fetch(CLAIM, *args)
+        except (OSError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError):
+            await self._close_claimer()  # the next claim connects again
+            raise
+
+    async def _claimer(self) -> asyncpg.Connection[Record]:
+        """The claim loop's own connection, with the bookkeeping settings for its session.
+
+        One autocommit statement per claim instead of BEGIN, SET LOCAL, the claim, COMMIT
+        and the pool's reset query: a quarter of a claim's time, and of the pickup latency.
+        Only the claim loop uses it, one statement at a time.
+        """
+        if self._claim_conn is None or self._claim_conn.is_closed():
+            conn = await self.db.connect_direct()
+            durable = self.settings.jobs_synchronous_commit
+            await conn.execute(CLAIMER_DURABLE if durable else CLAIMER_FAST)
+            self._claim_conn = conn
+        return self._claim_conn
+
+    async def _close_claimer(self) -> None:
+        conn, self._claim_conn = self._claim_conn, None
+        if conn is not None and not conn.is_closed():
+            await conn.close(timeout=5)
 
     async def _execute(self, job: ClaimedJob) -> None:
         token = request_id_var.set(job.request_id or f"job-{job.id}")
@@ -451,5 +483,6 @@ class Worker:
                     await conn.execute("SELECT pg_notify($1, 'released')", WAKE_CHANNEL)
                 log.info("released %d unfinished jobs", len(leftover))
         finally:
+            await self._close_claimer()
             if self._listener is not None and not self._listener.is_closed():
                 await self._listener.close()
