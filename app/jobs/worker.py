@@ -235,7 +235,7 @@ class Worker:
             self._wake.clear()
             # Claim a whole batch ahead of the free slots whenever fewer than half a batch
             # wait, so the next jobs are leased before a slot frees up and one statement
-            # feeds many jobs. A worker holds at most concurrency + 1.5 batches.
+            # feeds many jobs. By default a worker holds at most concurrency + 1.5 batches.
             claimed = 0
             tried = False
             if len(self._ready) < self._low_water:
