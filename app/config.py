@@ -127,6 +127,12 @@ class Settings(BaseSettings):
     jobs_backoff_base: float = Field(2.0, gt=0, description="First retry delay, doubling.")
     jobs_backoff_max: float = Field(3600.0, gt=0, description="Longest retry delay.")
     jobs_retention_hours: float = Field(72.0, gt=0, description="Finished jobs kept.")
+    jobs_synchronous_commit: bool = Field(
+        False,
+        description="Workers wait for the WAL flush on claims and completions. Off: a server"
+        " crash may re-run the jobs of the last ~0.6 s (at-least-once either way); enqueues"
+        " are always synchronous.",
+    )
 
     # --- auth (docs/auth.md) -------------------------------------------------------------
     public_url: str = Field("http://127.0.0.1:8000", description="Base URL put in emailed links.")

@@ -16,7 +16,7 @@ import tests.jobs_fixtures as fixtures
 from app.config import Settings
 from app.db import Database, set_database
 from app.jobs import cancel_job, enqueue, enqueue_many, retry_job
-from app.jobs.worker import Worker
+from app.jobs.worker import CLAIM, Worker
 from app.main import create_app
 from app.observability.logging import request_id_var
 from tests.helpers import eventually
@@ -108,6 +108,63 @@ async def test_priority_then_run_at_order(db: Database, job_settings: Settings) 
     await enqueue("test.record", {"value": "later"}, delay=3600)
     await drain(db, job_settings, concurrency=1)
     assert await runs(db, "record") == ["high", "low-old", "low-new"]  # 'later' is not due
+
+
+@pytest.mark.parametrize("pool_mode", ["direct", "pgbouncer"])
+async def test_a_claim_walks_the_claim_index_even_before_analyze(
+    db: Database, make_settings: Callable[..., Settings], pool_mode: str
+) -> None:
+    # Right after a burst of enqueues the table's statistics say it is (nearly) empty; a
+    # planner left alone then sorts every waiting job on each claim instead of reading
+    # the claim index in order and stopping after the batch. Direct: the claim loop's own
+    # connection; pgbouncer: a pooled connection in a transaction.
+    await enqueue_many("test.record", [{"value": n} for n in range(5000)])
+    worker = Worker(db, make_settings(**JOB_SETTINGS, db_pool_mode=pool_mode))
+    explain = ("EXPLAIN " + CLAIM, ["default"], 100, 30.0, "w", [])
+    if pool_mode == "direct":
+        claimer = await worker._claimer()
+        rows = await claimer.fetch(*explain)
+        await worker._close_claimer()
+    else:
+        async with db.acquire() as conn, worker._bookkeeping(conn):
+            rows = await conn.fetch(*explain)
+    plan = "\n".join(row[0] for row in rows)
+    assert "Index Scan using jobs_claim" in plan, plan
+    assert "Sort" not in plan, plan
+
+
+@pytest.mark.parametrize("synchronous", [False, True])
+async def test_worker_bookkeeping_skips_the_wal_flush_unless_configured(
+    db: Database, make_settings: Callable[..., Settings], synchronous: bool
+) -> None:
+    # Off by default: a lost claim or completion re-runs a job (at-least-once), never loses one.
+    settings = make_settings(**JOB_SETTINGS, jobs_synchronous_commit=synchronous)
+    worker = Worker(db, settings)
+    expected = "on" if synchronous else "off"
+    async with db.acquire() as conn:
+        await conn.execute("SET synchronous_commit = on")
+        async with worker._bookkeeping(conn):
+            inside = await conn.fetchval("SHOW synchronous_commit")
+        after = await conn.fetchval("SHOW synchronous_commit")
+        await conn.execute("RESET synchronous_commit")
+    assert inside == expected
+    assert after == "on"  # SET LOCAL: the pooled connection is left as it was
+    claimer = await worker._claimer()  # the claim loop's own connection
+    source = await claimer.fetchval(
+        "SELECT source FROM pg_settings WHERE name = 'synchronous_commit'"
+    )
+    await worker._close_claimer()
+    assert (source == "session") is not synchronous  # else the server's own setting
+
+
+async def test_a_worker_behind_pgbouncer_claims_in_pooled_transactions(
+    db: Database, make_settings: Callable[..., Settings]
+) -> None:
+    await enqueue_many("test.record", [{"value": n} for n in range(3)])
+    worker = Worker(db, make_settings(**JOB_SETTINGS, db_pool_mode="pgbouncer"), burst=True)
+    await worker.run()
+    assert sorted(await runs(db, "record")) == ["0", "1", "2"]
+    assert worker._listener is None  # it polled
 
 
 async def test_failures_back_off_then_die_with_every_error_kept(
