@@ -190,8 +190,13 @@ async def test_l1_serves_repeat_reads_and_is_invalidated_by_other_writers(
     writer, reader = await new_cache(), await new_cache()
     await writer.set("shared:1", "v1")
     assert await reader.get("shared:1") == "v1"
-    assert await reader.get("shared:1") == "v1"
-    assert reader.reads[("shared", "l1_hit")] == 1
+
+    async def l1_hits() -> int:
+        assert await reader.get("shared:1") == "v1"
+        return reader.reads.get(("shared", "l1_hit"), 0)
+
+    # A read that overlapped the writer's announcement does not fill L1; a later one does.
+    await eventually(l1_hits, lambda hits: hits >= 1)
 
     for value in ("v2", "v3"):
         await writer.set("shared:1", value)
