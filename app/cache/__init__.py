@@ -72,7 +72,15 @@ KEY_PATTERN = re.compile(r"^[^\s\x00-\x1f\x7f]{1,250}$")
 # (NOTIFY carries at most 8,000 bytes).
 ANNOUNCE_MAX_BYTES = 7_000
 TRACKED_KEYS_PER_MINUTE = 10_000
-BACKEND_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, RedisError)
+# InternalClientError: asyncpg's word for a connection the server ended while it was idle.
+BACKEND_ERRORS = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    RedisError,
+)
 
 
 class CacheClosedError(RuntimeError):

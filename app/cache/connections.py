@@ -58,8 +58,11 @@ class ConnectionSet:
     async def _take(self) -> asyncpg.Connection[Any]:
         if self._closed:
             raise asyncpg.InterfaceError("cache connections closed")
-        if self._idle:
-            return self._idle.pop()
+        while self._idle:
+            conn = self._idle.pop()
+            if not conn.is_closed():
+                return conn
+            self._open -= 1  # ended by the server while idle
         if self._open < self.size:
             self._open += 1
             try:
