@@ -270,6 +270,27 @@ async def test_listener_loss_falls_back_to_polling_and_recovers(
     await task
 
 
+async def test_failing_claims_do_not_stop_the_worker(db: Database, job_settings: Settings) -> None:
+    # Claims time out while the jobs table is locked, as they would while the database
+    # restarts or fails over; the worker keeps trying and picks up once it is back.
+    impatient = job_settings.model_copy(update={"db_command_timeout": 0.3})
+    worker_db = await Database.connect(impatient, impatient.database_url)
+    worker = Worker(worker_db, impatient)
+    task = asyncio.create_task(worker.run())
+    await enqueue("test.record", {"value": "first"})
+    await eventually(lambda: runs(db, "record"), lambda r: r == ["first"])
+    async with db.acquire() as conn, conn.transaction():
+        await conn.execute("LOCK TABLE jobs IN ACCESS EXCLUSIVE MODE")
+        await asyncio.sleep(1.5)
+    assert not task.done()
+    await enqueue("test.record", {"value": "after the outage"})
+    await eventually(lambda: runs(db, "record"), lambda r: r == ["first", "after the outage"])
+    assert not task.done()
+    worker.stop()
+    await task
+    await worker_db.close()
+
+
 async def _listening(worker: Worker) -> bool:
     return worker._listener is not None and not worker._listener.is_closed()
 

@@ -48,6 +48,8 @@ from app.jobs.registry import REGISTRY
 from app.observability.logging import request_id_var
 
 log = logging.getLogger(__name__)
+# What a lost or restarting database raises; a claim loop survives these.
+CLAIM_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 JOBS_FINISHED = Counter("jobs_finished_total", "Jobs finished, by outcome.", ["outcome"])
 JOB_RUN_SECONDS = Histogram("job_run_seconds", "Time a job's handler ran.", ["name"])
@@ -231,6 +233,7 @@ class Worker:
     async def _claim_loop(self) -> None:
         interval = self.settings.jobs_poll_interval
         batch = self.settings.jobs_claim_batch
+        failures = 0
         while not self._stopping.is_set():
             self._wake.clear()
             # Claim a whole batch ahead of the free slots whenever fewer than half a batch
@@ -238,13 +241,27 @@ class Worker:
             # feeds many jobs. By default a worker holds at most concurrency + 1.5 batches.
             claimed = 0
             tried = False
-            if len(self._ready) < self._low_water:
-                tried = True
-                claimed = await self._claim(batch)
-            self._start_ready()
-            # Successes are recorded a batch at a time, or as soon as the worker is idle.
-            if len(self._succeeded) >= batch or not (self._running or self._ready):
-                await self._flush()
+            try:
+                if len(self._ready) < self._low_water:
+                    tried = True
+                    claimed = await self._claim(batch)
+                self._start_ready()
+                # Successes are recorded a batch at a time, or as soon as the worker is idle.
+                if len(self._succeeded) >= batch or not (self._running or self._ready):
+                    await self._flush()
+            except CLAIM_ERRORS as exc:
+                # The database went away (restart, failover, network): keep running the
+                # jobs in hand and try again with backoff instead of dying.
+                failures += 1
+                if self.burst and failures >= 5:
+                    raise
+                delay = min(5.0, 0.1 * 2**failures)
+                log.warning("jobs: claim failed (%s); retrying in %.1fs", exc, delay)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await self._stopping.wait()
+                continue
+            failures = 0
             if claimed and len(self._ready) < self._low_water:
                 continue
             if not self._running and not self._ready:
