@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.db import Connection
+from app.config import Settings
+from app.db import Connection, Record
 
 SNIPPET = """
 ts_headline({lang}, replace(replace(replace(t.body, '&', '&amp;'), '<', '&lt;'), '>', '&gt;'),
@@ -41,11 +42,18 @@ ORDER BY score DESC, t.created_at DESC
 LIMIT $3
 """
 SET_FUZZY_THRESHOLD = "SELECT set_config('pg_trgm.word_similarity_threshold', $1, true)"
+# The two orders of nearest tasks (see _nearest_first). The HNSW index serves only
+# `ORDER BY embedding <=> vector`; ordering by the similarity, 1 - distance, gives the same
+# order but keeps the index out, so the planner reads the caller's rows through
+# tasks_user_created and keeps the top N in a heap sort: an exact answer.
+BY_DISTANCE = "t.embedding <=> {vector}"
+BY_SIMILARITY = "1 - (t.embedding <=> {vector}) DESC, t.id"
+COUNT_UP_TO = "SELECT count(*) FROM (SELECT FROM tasks WHERE user_id = $1 LIMIT $2) AS mine"
 SEMANTIC = """
 SELECT t.id, t.title, left(t.body, 160) AS snippet, 1 - (t.embedding <=> $2) AS score
 FROM tasks t
 WHERE t.user_id = $1 AND t.embedding IS NOT NULL
-ORDER BY t.embedding <=> $2
+ORDER BY {nearest_first}
 LIMIT $3
 """
 # Each side ranks its own top candidates; the FULL JOIN fuses them.
@@ -65,7 +73,7 @@ vector_hits AS (
         SELECT t.id, t.embedding <=> $3 AS distance
         FROM tasks t
         WHERE t.user_id = $1 AND t.embedding IS NOT NULL
-        ORDER BY t.embedding <=> $3
+        ORDER BY {nearest_first}
         LIMIT $4
     ) AS nearest
 ),
@@ -84,7 +92,7 @@ SELECT t.id, t.title, left(t.body, 160) AS snippet, 1 - (t.embedding <=> s.embed
 FROM tasks s
 JOIN tasks t ON t.user_id = s.user_id AND t.id <> s.id AND t.embedding IS NOT NULL
 WHERE s.user_id = $1 AND s.id = $2
-ORDER BY t.embedding <=> s.embedding
+ORDER BY {nearest_first}
 LIMIT $3
 """
 OWNS_TASK = "SELECT embedding IS NOT NULL FROM tasks WHERE user_id = $1 AND id = $2"
@@ -106,10 +114,79 @@ def lang_literal(language: str) -> str:
     return f"'{language}'::regconfig"
 
 
-async def use_iterative_scan(conn: Connection, ef_search: int) -> None:
-    """Per-transaction pgvector settings for filtered HNSW queries (pgvector >= 0.8)."""
-    await conn.execute(f"SET LOCAL hnsw.ef_search = {int(ef_search)}")
+async def search_fulltext(
+    conn: Connection, settings: Settings, user_id: int, query: str, limit: int
+) -> list[Record]:
+    lang = lang_literal(settings.search_language)
+    statement = FULLTEXT.format(lang=lang, snippet=SNIPPET.format(lang=lang))
+    return await conn.fetch(statement, user_id, query, limit)
+
+
+async def search_fuzzy(
+    conn: Connection, settings: Settings, user_id: int, query: str, limit: int
+) -> list[Record]:
+    escaped = query.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    async with conn.transaction():
+        await conn.execute(SET_FUZZY_THRESHOLD, str(settings.search_fuzzy_threshold))
+        return await conn.fetch(FUZZY, user_id, query, limit, escaped)
+
+
+async def search_semantic(
+    conn: Connection, settings: Settings, user_id: int, vector: list[float], limit: int
+) -> list[Record]:
+    async with conn.transaction():
+        order = await _nearest_first(conn, settings, user_id, "$2")
+        return await conn.fetch(SEMANTIC.format(nearest_first=order), user_id, vector, limit)
+
+
+async def search_hybrid(
+    conn: Connection,
+    settings: Settings,
+    user_id: int,
+    query: str,
+    vector: list[float],
+    limit: int,
+    *,
+    text_weight: float = 1.0,
+    vector_weight: float = 1.0,
+) -> list[Record]:
+    lang = lang_literal(settings.search_language)
+    async with conn.transaction():
+        order = await _nearest_first(conn, settings, user_id, "$3")
+        return await conn.fetch(
+            HYBRID.format(lang=lang, nearest_first=order),
+            user_id,
+            query,
+            vector,
+            max(limit * 2, 40),
+            text_weight,
+            vector_weight,
+            limit,
+        )
+
+
+async def similar_tasks(
+    conn: Connection, settings: Settings, user_id: int, task_id: int, limit: int
+) -> list[Record]:
+    async with conn.transaction():
+        order = await _nearest_first(conn, settings, user_id, "s.embedding")
+        return await conn.fetch(SIMILAR.format(nearest_first=order), user_id, task_id, limit)
+
+
+async def _nearest_first(conn: Connection, settings: Settings, user_id: int, vector: str) -> str:
+    """The ORDER BY that finds the caller's nearest tasks: exact or through HNSW.
+
+    Below ``search_exact_scan_below`` tasks, reading all of the caller's rows and sorting
+    them is exact and cheaper than an HNSW scan that must step over everybody else's rows;
+    above it, the index. Counting stops at the threshold (an index-only scan of at most
+    that many entries). Runs in the caller's transaction (the SET LOCALs need one).
+    """
+    threshold = settings.search_exact_scan_below
+    if threshold and await conn.fetchval(COUNT_UP_TO, user_id, threshold) < threshold:
+        return BY_SIMILARITY.format(vector=vector)
+    await conn.execute(f"SET LOCAL hnsw.ef_search = {int(settings.hnsw_ef_search)}")
     await conn.execute("SET LOCAL hnsw.iterative_scan = strict_order")
+    return BY_DISTANCE.format(vector=vector)
 
 
 def rows_out(rows: list[Any]) -> list[dict[str, Any]]:
