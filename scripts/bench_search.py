@@ -1,46 +1,63 @@
 """Search at scale: each mode against what you would write without the search module.
 
-    uv run python -m scripts.bench_search [--tasks 1000000] [--users 100] [--queries 100]
+    uv run python -m scripts.bench_search --tasks 1000000 --users 1000 --queries 150
 
-Seeds a throwaway embedded PostgreSQL with scripts/seed.py (or uses DATABASE_URL as it
-is with --no-seed), then for ``--queries`` random one-word queries of random users:
+Seeds a throwaway embedded PostgreSQL with scripts/seed.py (DATABASE_URL instead when set;
+``--no-seed`` then measures the tasks already there), then runs ``--queries`` queries,
+``--rounds`` times after one warm-up round; each figure is the median over the rounds of
+that round's p50 (or p99), and each ratio the median of the rounds' ratios of p50s.
 
-- full-text (the API's query: websearch_to_tsquery + GIN + ts_rank_cd + headline) vs
-  ``ILIKE '%word%'`` on title and body — for one user (as the API searches) and across
-  the whole table (where an unindexed ILIKE shows its true cost);
-- fuzzy (trigram) p50/p99;
-- semantic: HNSW (iterative scan, ef_search 100) vs the exact ``ORDER BY embedding <=> q``
-  scan, with recall@10 of HNSW against the exact answer;
-- hybrid (RRF, one statement) p50 against full-text alone.
+Queries are drawn the way people type them: one word (80 %) or two (20 %), each word of
+mid to low frequency — a rank drawn log-uniformly between 100 and the vocabulary size, so
+as many queries hit a word found in ~2 % of tasks as in ~0.01 % (nobody searches for
+"the", and few for the 50 commonest words of their own notes). Users come in three
+sizes, a third of the queries each: small (< 1,000 tasks), medium (1,000–9,999) and
+large (≥ 10,000). For each query:
+
+- full-text (the API's statement: websearch_to_tsquery, GIN, ts_rank_cd, ts_headline)
+  against what a user would write without it: ``(title ILIKE '%w%' OR body ILIKE '%w%')``
+  for each word, newest first, for the same user;
+- fuzzy (trigram) with a typo in the query (two letters swapped);
+- semantic, the API's path (exact scan for users below SEARCH_EXACT_SCAN_BELOW tasks, the
+  HNSW index above), against the exact ``ORDER BY embedding <=> q`` with the same user
+  filter and no vector index, and recall@10 of the API's answer against the exact one;
+- hybrid (RRF in one statement) against full-text alone;
+- similar (a random task of the user), against its exact scan, with recall@10.
+
+And without the user filter, for the first ``--whole-table`` queries: full-text vs ILIKE
+over all tasks, and HNSW vs the exact scan over all embeddings (with recall@10).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import random
 import statistics
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
-from app.config import load_settings
+from app.config import Settings, load_settings
 from app.db import Connection, Database
 from app.search import service as sql
 from app.search.embedder import HashingEmbedder
 from scripts.benchkit import percentile, postgres
-from scripts.seed import WORDS, seed
+from scripts.seed import seed, vocabulary
 
 LANG = sql.lang_literal("english")
+# What a user without the search module writes: a substring match per word, newest first.
 ILIKE_USER = """
 SELECT id, title FROM tasks
-WHERE user_id = $1 AND (title ILIKE '%' || $2 || '%' OR body ILIKE '%' || $2 || '%')
-ORDER BY created_at DESC LIMIT 20
+WHERE user_id = $1 AND {words}
+ORDER BY created_at DESC, id DESC LIMIT 20
 """
 ILIKE_ALL = """
 SELECT id, title FROM tasks
-WHERE title ILIKE '%' || $1 || '%' OR body ILIKE '%' || $1 || '%'
-ORDER BY created_at DESC LIMIT 20
+WHERE {words}
+ORDER BY created_at DESC, id DESC LIMIT 20
 """
 FULLTEXT_ALL = """
 WITH q AS (SELECT websearch_to_tsquery('english'::regconfig, $1) AS tsq)
@@ -48,85 +65,311 @@ SELECT t.id, ts_rank_cd(t.search_vector, q.tsq, 32) AS score
 FROM tasks t, q WHERE t.search_vector @@ q.tsq
 ORDER BY score DESC, t.created_at DESC LIMIT 20
 """
-EXACT = """
-SELECT id FROM tasks WHERE user_id = $1 AND embedding IS NOT NULL
+EXACT_USER = """
+SELECT id, embedding <=> $2 AS distance FROM tasks
+WHERE user_id = $1 AND embedding IS NOT NULL
 ORDER BY embedding <=> $2 LIMIT 10
 """
+EXACT_SIMILAR = """
+SELECT t.id, t.embedding <=> s.embedding AS distance
+FROM tasks s JOIN tasks t ON t.user_id = s.user_id AND t.id <> s.id
+WHERE s.id = $1 AND t.embedding IS NOT NULL
+ORDER BY t.embedding <=> s.embedding LIMIT 10
+"""
+HNSW_ALL = """
+SELECT id, embedding <=> $1 AS distance FROM tasks
+WHERE embedding IS NOT NULL ORDER BY embedding <=> $1 LIMIT 10
+"""
+SIZES = [("small", 0, 1_000), ("medium", 1_000, 10_000), ("large", 10_000, None)]
+FIRST_QUERY_RANK = 100  # the 99 commonest words (stop words included) are never queries
 
 
-async def timed(samples: list[float], call: Awaitable[Any]) -> Any:
-    began = time.perf_counter()
-    result = await call
-    samples.append((time.perf_counter() - began) * 1000)
-    return result
+@dataclass
+class Query:
+    user_id: int
+    size: str
+    words: list[str]
+    typo: str
+    vector: list[float]
+    task_id: int
+
+    @property
+    def text(self) -> str:
+        return " ".join(self.words)
 
 
-async def run(dsn: str, queries: int) -> None:
+def ilike_words(count: int, first_param: int) -> str:
+    return " AND ".join(
+        f"(title ILIKE ${first_param + i} OR body ILIKE ${first_param + i})" for i in range(count)
+    )
+
+
+def substring(word: str) -> str:
+    return "%" + word.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+def swap_two_letters(word: str, rng: random.Random) -> str:
+    """A typo: two neighbouring letters swapped, away from the first letter."""
+    if len(word) < 4:
+        return word
+    i = rng.randrange(1, len(word) - 2)
+    return word[:i] + word[i + 1] + word[i] + word[i + 2 :]
+
+
+def query_word(words: list[str], rng: random.Random) -> str:
+    # Log-uniform rank in [FIRST_QUERY_RANK, len(words)]: each decade of rarity as likely.
+    low, high = math.log(FIRST_QUERY_RANK), math.log(len(words) + 1)
+    return words[int(math.exp(rng.uniform(low, high))) - 1]
+
+
+async def make_queries(
+    conn: Connection, count: int, vocabulary_size: int, seed: int = 42
+) -> list[Query]:
+    rng = random.Random(seed)
+    words = vocabulary(vocabulary_size)
+    # Words that the text search configuration drops (a pseudo-word can be a stop word).
+    searchable = {
+        r["w"]
+        for r in await conn.fetch(
+            "SELECT w FROM unnest($1::text[]) AS w "
+            "WHERE numnode(plainto_tsquery('english'::regconfig, w)) > 0",
+            words,
+        )
+    }
+    owners = await conn.fetch("SELECT user_id, count(*) AS n FROM tasks GROUP BY user_id")
+    by_size = {
+        name: sorted(
+            (r["user_id"], r["n"])
+            for r in owners
+            if r["n"] >= low and (high is None or r["n"] < high)
+        )
+        for name, low, high in SIZES
+    }
+    present = [name for name, users in by_size.items() if users]
+    embedder = HashingEmbedder()
+    queries = []
+    for i in range(count):
+        size = present[i % len(present)]
+        user_id, tasks = rng.choice(by_size[size])
+        picked: list[str] = []
+        while len(picked) < (2 if rng.random() < 0.2 else 1):
+            word = query_word(words, rng)
+            if word in searchable and word not in picked:
+                picked.append(word)
+        typo = " ".join([swap_two_letters(picked[0], rng), *picked[1:]])
+        task_id = await conn.fetchval(
+            "SELECT id FROM tasks WHERE user_id = $1 ORDER BY id OFFSET $2 LIMIT 1",
+            user_id,
+            rng.randrange(tasks),
+        )
+        vector = embedder.embed(" ".join(picked))
+        queries.append(Query(user_id, size, picked, typo, vector, task_id))
+    return queries
+
+
+def recall(approx: list[Any], exact: list[Any]) -> float | None:
+    """Share of the exact top-k found by the approximate search (None: nothing to find).
+
+    Ties count: a result as close as the exact k-th one is a correct answer (as in
+    ann-benchmarks), since which of several equidistant tasks comes back is arbitrary.
+    """
+    if not exact:
+        return None
+    kth = distance(exact[-1]) + 1e-9
+    found = sum(1 for r in approx if distance(r) <= kth)
+    return min(found, len(exact)) / len(exact)
+
+
+def distance(row: Any) -> float:
+    """The API's rows carry a similarity (1 - cosine distance), the references a distance."""
+    value = row.get("distance")
+    return float(value) if value is not None else 1.0 - float(row["score"])
+
+
+class Bench:
+    def __init__(self, conn: Connection, settings: Settings) -> None:
+        self.conn = conn
+        self.settings = settings
+        self.times: dict[tuple[str, str], list[float]] = {}
+        self.recalls: dict[tuple[str, str], list[float]] = {}
+        self.plans: dict[tuple[str, str], int] = {}
+
+    async def timed(self, name: str, size: str, call: Callable[[], Awaitable[Any]]) -> Any:
+        began = time.perf_counter()
+        result = await call()
+        self.times.setdefault((name, size), []).append((time.perf_counter() - began) * 1000)
+        return result
+
+    def recall(self, name: str, size: str, approx: list[Any], exact: list[Any]) -> None:
+        value = recall(approx, exact)
+        if value is not None:
+            self.recalls.setdefault((name, size), []).append(value)
+
+    async def per_user(self, q: Query) -> None:
+        conn, settings, size = self.conn, self.settings, q.size
+        patterns = [substring(w) for w in q.words]
+        await self.timed(
+            "full-text",
+            size,
+            lambda: sql.search_fulltext(conn, settings, q.user_id, q.text, 20),
+        )
+        await self.timed(
+            "ILIKE",
+            size,
+            lambda: conn.fetch(
+                ILIKE_USER.format(words=ilike_words(len(patterns), 2)), q.user_id, *patterns
+            ),
+        )
+        await self.timed(
+            "fuzzy", size, lambda: sql.search_fuzzy(conn, settings, q.user_id, q.typo, 20)
+        )
+        approx = await self.timed(
+            "semantic",
+            size,
+            lambda: sql.search_semantic(conn, settings, q.user_id, q.vector, 10),
+        )
+        exact = await self.timed(
+            "semantic, exact", size, lambda: self.exact(EXACT_USER, q.user_id, q.vector)
+        )
+        self.recall("semantic", size, approx, exact)
+        await self.timed(
+            "hybrid",
+            size,
+            lambda: sql.search_hybrid(conn, settings, q.user_id, q.text, q.vector, 20),
+        )
+        approx = await self.timed(
+            "similar",
+            size,
+            lambda: sql.similar_tasks(conn, settings, q.user_id, q.task_id, 10),
+        )
+        exact = await self.timed(
+            "similar, exact", size, lambda: self.exact(EXACT_SIMILAR, q.task_id)
+        )
+        self.recall("similar", size, approx, exact)
+
+    async def whole_table(self, q: Query) -> None:
+        conn, patterns = self.conn, [substring(w) for w in q.words]
+        await self.timed("full-text", "all", lambda: conn.fetch(FULLTEXT_ALL, q.text))
+        await self.timed(
+            "ILIKE",
+            "all",
+            lambda: conn.fetch(ILIKE_ALL.format(words=ilike_words(len(patterns), 1)), *patterns),
+        )
+        approx = await self.timed("semantic", "all", lambda: self.hnsw_all(q.vector))
+        exact = await self.timed("semantic, exact", "all", lambda: self.exact(HNSW_ALL, q.vector))
+        self.recall("semantic", "all", approx, exact)
+
+    async def hnsw_all(self, vector: list[float]) -> list[Any]:
+        async with self.conn.transaction():
+            await self.conn.execute(
+                f"SET LOCAL hnsw.ef_search = {int(self.settings.hnsw_ef_search)}"
+            )
+            return await self.conn.fetch(HNSW_ALL, vector)
+
+    async def exact(self, query: str, *args: Any) -> list[Any]:
+        """The planner's best plan without the vector index (a bitmap scan of the user's
+        rows and a top-N sort, or a parallel scan of the whole table)."""
+        async with self.conn.transaction():
+            await self.conn.execute("SET LOCAL enable_indexscan = off")
+            return await self.conn.fetch(query, *args)
+
+
+def summarise(rounds: list[Bench]) -> None:
+    first = rounds[0]
+
+    def figure(name: str, size: str, q: float) -> float | None:
+        values = [percentile(b.times[(name, size)], q) for b in rounds if (name, size) in b.times]
+        return statistics.median(values) if values else None
+
+    def ratio(over: str, under: str, size: str) -> float | None:
+        values = [
+            statistics.median(b.times[(over, size)]) / statistics.median(b.times[(under, size)])
+            for b in rounds
+            if (over, size) in b.times and (under, size) in b.times
+        ]
+        return statistics.median(values) if values else None
+
+    columns = [name for name, _, _ in SIZES] + ["all"]
+    names = list(dict.fromkeys(name for name, _ in first.times))
+    print(f"{'p50 / p99 ms':<18}" + "".join(f"{c:>18}" for c in columns))
+    for name in names:
+        cells = []
+        for size in columns:
+            p50, p99 = figure(name, size, 0.5), figure(name, size, 0.99)
+            cells.append(f"{p50:.2f} / {p99:.1f}" if p50 is not None and p99 is not None else "")
+        print(f"{name:<18}" + "".join(f"{c:>18}" for c in cells))
+    print()
+    lines = [
+        ("ILIKE / full-text", "ILIKE", "full-text"),
+        ("exact / semantic", "semantic, exact", "semantic"),
+        ("exact / similar", "similar, exact", "similar"),
+        ("hybrid / full-text", "hybrid", "full-text"),
+    ]
+    for label, over, under in lines:
+        cells = []
+        for size in columns:
+            value = ratio(over, under, size)
+            cells.append(f"{value:.2f}x" if value is not None else "")
+        print(f"{label:<18}" + "".join(f"{c:>18}" for c in cells))
+    for name in ("semantic", "similar"):
+        cells = []
+        for size in columns:
+            values = [v for b in rounds for v in b.recalls.get((name, size), [])]
+            cells.append(f"{statistics.mean(values):.3f}" if values else "")
+        print(f"{'recall@10 ' + name:<18}" + "".join(f"{c:>18}" for c in cells))
+
+
+async def run(dsn: str, queries: int, rounds: int, whole_table: int, vocabulary_size: int) -> None:
     settings = load_settings(env="test", database_url=dsn)
     db = await Database.connect(settings, dsn)
     conn: Connection = await db.connect_direct()
-    users = [r["user_id"] for r in await conn.fetch("SELECT DISTINCT user_id FROM tasks")]
     total = await conn.fetchval("SELECT count(*) FROM tasks")
-    rng = random.Random(42)
-    embedder = HashingEmbedder()
-    snippet = sql.SNIPPET.format(lang=LANG)
-    fulltext_sql = sql.FULLTEXT.format(lang=LANG, snippet=snippet)
-    hybrid_sql = sql.HYBRID.format(lang=LANG)
-    times: dict[str, list[float]] = {}
-    recalls: list[float] = []
-
-    async def measure(name: str, query: str, *args: Any) -> Any:
-        return await timed(times.setdefault(name, []), conn.fetch(query, *args))
-
-    for _ in range(queries):
-        user, word = rng.choice(users), rng.choice(WORDS)
-        vector = embedder.embed(word + " " + rng.choice(WORDS))
-        await measure("full-text, one user", fulltext_sql, user, word, 20)
-        await measure("ILIKE, one user", ILIKE_USER, user, word)
-        await measure("full-text, whole table", FULLTEXT_ALL, word)
-        await measure("ILIKE, whole table", ILIKE_ALL, word)
-        escaped = word
-        async with conn.transaction():
-            await conn.execute(sql.SET_FUZZY_THRESHOLD, str(settings.search_fuzzy_threshold))
-            await measure("fuzzy, one user", sql.FUZZY, user, word[:-1] + "x", 20, escaped)
-        async with conn.transaction():
-            await sql.use_iterative_scan(conn, settings.hnsw_ef_search)
-            approx = await measure("HNSW top 10", sql.SEMANTIC, user, vector, 10)
-            await measure("hybrid (RRF)", hybrid_sql, user, word, vector, 40, 1.0, 1.0, 20)
-        async with conn.transaction():
-            await conn.execute("SET LOCAL enable_indexscan = off")
-            await conn.execute("SET LOCAL enable_bitmapscan = off")
-            exact = await measure("exact scan top 10", EXACT, user, vector)
-        truth = {r["id"] for r in exact}
-        if truth:
-            recalls.append(len(truth & {r["id"] for r in approx}) / len(truth))
+    users = await conn.fetchval("SELECT count(DISTINCT user_id) FROM tasks")
+    workload = await make_queries(conn, queries, vocabulary_size)
+    results = []
+    for round_ in range(rounds + 1):
+        bench = Bench(conn, settings)
+        began = time.perf_counter()
+        for q in workload:
+            await bench.per_user(q)
+        for q in workload[:whole_table]:
+            await bench.whole_table(q)
+        label = "warm-up" if round_ == 0 else f"round {round_}"
+        print(f"{label}: {time.perf_counter() - began:.0f} s", flush=True)
+        if round_:
+            results.append(bench)
     await conn.close()
     await db.close()
 
-    print(f"search, {total:,} tasks, {len(users)} users, {queries} queries")
-    print(f"{'query':<26}{'p50 ms':>10}{'p99 ms':>10}")
-    for name, samples in times.items():
-        print(f"{name:<26}{percentile(samples, 0.5):>10.2f}{percentile(samples, 0.99):>10.2f}")
-    p50 = {name: statistics.median(s) for name, s in times.items()}
-    one_user = p50["ILIKE, one user"] / p50["full-text, one user"]
-    whole = p50["ILIKE, whole table"] / p50["full-text, whole table"]
-    print(f"ILIKE / full-text p50: one user {one_user:.1f}x, whole table {whole:.1f}x")
+    counts = {name: sum(1 for q in workload if q.size == name) for name, _, _ in SIZES}
     print(
-        f"exact scan / HNSW p50: {p50['exact scan top 10'] / p50['HNSW top 10']:.1f}x; "
-        f"HNSW recall@10: {statistics.mean(recalls):.3f}"
+        f"\nsearch, {total:,} tasks, {users:,} users; {queries} queries per round "
+        f"({', '.join(f'{n} {name}' for name, n in counts.items())}), "
+        f"{min(whole_table, queries)} over the whole table; median of {rounds} rounds"
     )
-    print(f"hybrid / full-text p50: {p50['hybrid (RRF)'] / p50['full-text, one user']:.2f}")
+    print(
+        f"settings: SEARCH_EXACT_SCAN_BELOW={settings.search_exact_scan_below}, "
+        f"HNSW_EF_SEARCH={settings.hnsw_ef_search}\n"
+    )
+    summarise(results)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--tasks", type=int, default=1_000_000)
-    parser.add_argument("--users", type=int, default=100)
-    parser.add_argument("--queries", type=int, default=100)
+    parser.add_argument("--users", type=int, default=1_000)
+    parser.add_argument("--vocabulary", type=int, default=30_000)
+    parser.add_argument("--queries", type=int, default=150)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--whole-table", type=int, default=20)
+    parser.add_argument("--no-seed", action="store_true", help="measure the tasks already there")
     options = parser.parse_args()
     with postgres() as dsn:
-        asyncio.run(seed(dsn, options.tasks, options.users))
-        asyncio.run(run(dsn, options.queries))
+        if not options.no_seed:
+            asyncio.run(seed(dsn, options.tasks, options.users, options.vocabulary))
+        asyncio.run(
+            run(dsn, options.queries, options.rounds, options.whole_table, options.vocabulary)
+        )
 
 
 if __name__ == "__main__":
