@@ -7,14 +7,17 @@ The text imitates what people type, with the statistics of real text:
 - a vocabulary of ``--vocabulary`` words: English stop words first, then everyday work
   words, then pronounceable pseudo-words generated deterministically ("brintal",
   "quoster"), so a query word matches as many tasks as a real one would, not 15 % of them;
-- words drawn by Zipf's law (rank r with probability ~ 1/r, as in natural language): with
-  30,000 words "the" makes ~9 % of all words, the 100th word ~0.09 %, the 10,000th
+- words drawn by Zipf's law (rank r with probability ~ 1/r, as in natural language): of
+  the words drawn from all 30,000, "the" is ~9 %, the 100th word ~0.09 %, the 10,000th
   ~0.001 %; titles (2–6 words) skip the stop words, bodies (8–40 words) do not;
+- topics, as real notes have: each user writes about a few of 1,000 topics (a Zipf
+  choice among 20 of their own), each topic has its own 300 words, and a title word (80 %)
+  or body word (50 %) comes from the task's topic, the rest from the whole vocabulary;
 - tasks spread over users by Zipf's law too: with 1,000 users the busiest owns ~10 % of
   all tasks, the median one ~0.03 %, as in any product where a few accounts do most.
 
-Text is generated server-side, in SQL, so a million rows take about a minute, into an
-unlogged staging table; embeddings are computed with the hashing embedder in two
+Text is generated server-side, in SQL, into an unlogged staging table (a million tasks
+in ~15 s here); embeddings are computed with the hashing embedder in two
 processes, and the tasks are COPied into ``tasks`` with their embeddings in one pass (an
 UPDATE of every row afterwards would leave the table half dead tuples, which would slow
 every sequential scan — including the ILIKE the benchmark compares against). The HNSW
@@ -85,28 +88,49 @@ def vocabulary(size: int) -> list[str]:
 
 # Zipf (s = 1) by inverse transform: exp(random() * ln(n + 1)) is log-uniform on
 # [1, n + 1), so its floor is rank r with probability ln((r + 1) / r) / ln(n + 1) ~ 1/r.
+#
+# Topics: each user writes about a few of TOPICS topics (their own Zipf over 20 of them),
+# each topic has its own TOPIC_WORDS words (a hash of topic and rank picks them among the
+# content words), and a word of a title (80 %) or body (50 %) comes from the task's topic,
+# the rest from the whole vocabulary.
+#
 # Each word is a hash join of drawn ranks against seed_words (subscripting a 30,000-word
 # array parameter instead walks the array on every access: 5x slower). The subqueries
 # mention g so that they run per row; an uncorrelated one would run once, as an
 # InitPlan, and give every task the same text.
+TOPICS, TOPIC_WORDS, USER_TOPICS = 1_000, 300, 20
 GENERATE = """
 INSERT INTO seed_tasks (n, user_id, title, body, created_at)
-SELECT g,
-       ($3::bigint[])[floor(exp(random() * ln(cardinality($3::bigint[]) + 1)))::int],
+SELECT g, owner,
        initcap(array_to_string(ARRAY(
            SELECT w.word
-           FROM (SELECT $4::int + floor(exp(random() * ln($5::int - $4 + 1)))::int AS rank
+           FROM (SELECT CASE WHEN random() < 0.8
+                        THEN $4 + 1 + mod(hashint8(topic * 100000
+                                 + floor(exp(random() * ln($7 + 1)))::bigint) + 2147483648,
+                                 $5 - $4)
+                        ELSE $4 + floor(exp(random() * ln($5 - $4 + 1))) END::int AS rank
                  FROM generate_series(1, 2 + (g % 5))) AS drawn
            JOIN seed_words w USING (rank)
        ), ' ')),
        array_to_string(ARRAY(
            SELECT w.word
-           FROM (SELECT floor(exp(random() * ln($5::int + 1)))::int AS rank
+           FROM (SELECT CASE WHEN random() < 0.5
+                        THEN $4 + 1 + mod(hashint8(topic * 100000
+                                 + floor(exp(random() * ln($7 + 1)))::bigint) + 2147483648,
+                                 $5 - $4)
+                        ELSE floor(exp(random() * ln($5 + 1))) END::int AS rank
                  FROM generate_series(1, 8 + (g % 33))) AS drawn
            JOIN seed_words w USING (rank)
        ), ' '),
        now() - make_interval(secs => g)
-FROM generate_series($1::bigint, $2::bigint) AS g
+FROM (
+    SELECT g, owner,
+           1 + mod(hashint8(owner * 1000 + floor(exp(random() * ln($8 + 1)))::bigint)
+                   + 2147483648, $6) AS topic
+    FROM (SELECT g, ($3::bigint[])[floor(exp(random() * ln(cardinality($3::bigint[]) + 1)))::int]
+                 AS owner
+          FROM generate_series($1::bigint, $2::bigint) AS g) AS task
+) AS task
 """
 BATCH = 20_000
 LONG = 4 * 3600  # seconds: bulk statements outlive the app's command timeout
@@ -150,7 +174,18 @@ async def seed(dsn: str, tasks: int, users: int, vocabulary_size: int = 30_000) 
     step = 100_000
     for low in range(1, tasks + 1, step):
         high = min(tasks, low + step - 1)
-        await conn.execute(GENERATE, low, high, ids, len(STOP_WORDS), len(words), timeout=LONG)
+        await conn.execute(
+            GENERATE,
+            low,
+            high,
+            ids,
+            len(STOP_WORDS),
+            len(words),
+            TOPICS,
+            TOPIC_WORDS,
+            USER_TOPICS,
+            timeout=LONG,
+        )
         print(f"  text {high:,}/{tasks:,}", flush=True)
     print(f"text: {time.perf_counter() - began:.0f} s", flush=True)
 
