@@ -42,7 +42,7 @@ ORDER BY score DESC, t.created_at DESC
 LIMIT $3
 """
 SET_FUZZY_THRESHOLD = "SELECT set_config('pg_trgm.word_similarity_threshold', $1, true)"
-# The two orders of nearest tasks (see _nearest_first). The HNSW index serves only
+# The two orders of nearest tasks (see nearest_first). The HNSW index serves only
 # `ORDER BY embedding <=> vector`; ordering by the similarity, 1 - distance, gives the same
 # order but keeps the index out, so the planner reads the caller's rows through
 # tasks_user_created and keeps the top N in a heap sort: an exact answer.
@@ -87,11 +87,14 @@ FROM fused f JOIN tasks t ON t.id = f.id
 ORDER BY f.score DESC, t.id DESC
 LIMIT $7
 """
+# The source's vector comes from a scalar subquery (computed once, before the scan), not
+# from a join: the index can order by distance to a value, not to a column of another row.
 SIMILAR = """
-SELECT t.id, t.title, left(t.body, 160) AS snippet, 1 - (t.embedding <=> s.embedding) AS score
-FROM tasks s
-JOIN tasks t ON t.user_id = s.user_id AND t.id <> s.id AND t.embedding IS NOT NULL
-WHERE s.user_id = $1 AND s.id = $2
+WITH source AS (SELECT embedding FROM tasks WHERE user_id = $1 AND id = $2)
+SELECT t.id, t.title, left(t.body, 160) AS snippet,
+       1 - (t.embedding <=> (SELECT embedding FROM source)) AS score
+FROM tasks t
+WHERE t.user_id = $1 AND t.id <> $2 AND t.embedding IS NOT NULL
 ORDER BY {nearest_first}
 LIMIT $3
 """
@@ -135,7 +138,7 @@ async def search_semantic(
     conn: Connection, settings: Settings, user_id: int, vector: list[float], limit: int
 ) -> list[Record]:
     async with conn.transaction():
-        order = await _nearest_first(conn, settings, user_id, "$2")
+        order = await nearest_first(conn, settings, user_id, "$2")
         return await conn.fetch(SEMANTIC.format(nearest_first=order), user_id, vector, limit)
 
 
@@ -152,7 +155,7 @@ async def search_hybrid(
 ) -> list[Record]:
     lang = lang_literal(settings.search_language)
     async with conn.transaction():
-        order = await _nearest_first(conn, settings, user_id, "$3")
+        order = await nearest_first(conn, settings, user_id, "$3")
         return await conn.fetch(
             HYBRID.format(lang=lang, nearest_first=order),
             user_id,
@@ -169,11 +172,11 @@ async def similar_tasks(
     conn: Connection, settings: Settings, user_id: int, task_id: int, limit: int
 ) -> list[Record]:
     async with conn.transaction():
-        order = await _nearest_first(conn, settings, user_id, "s.embedding")
+        order = await nearest_first(conn, settings, user_id, "(SELECT embedding FROM source)")
         return await conn.fetch(SIMILAR.format(nearest_first=order), user_id, task_id, limit)
 
 
-async def _nearest_first(conn: Connection, settings: Settings, user_id: int, vector: str) -> str:
+async def nearest_first(conn: Connection, settings: Settings, user_id: int, vector: str) -> str:
     """The ORDER BY that finds the caller's nearest tasks: exact or through HNSW.
 
     Below ``search_exact_scan_below`` tasks, reading all of the caller's rows and sorting
@@ -186,6 +189,10 @@ async def _nearest_first(conn: Connection, settings: Settings, user_id: int, vec
         return BY_SIMILARITY.format(vector=vector)
     await conn.execute(f"SET LOCAL hnsw.ef_search = {int(settings.hnsw_ef_search)}")
     await conn.execute("SET LOCAL hnsw.iterative_scan = strict_order")
+    # The planner estimates a user's rows from statistics, and a generic plan (prepared
+    # statements) from the average user: it may pick "read the user's rows and sort" for a
+    # user we know is large. Without sorts, the HNSW index walk is the only way left.
+    await conn.execute("SET LOCAL enable_sort = off")
     return BY_DISTANCE.format(vector=vector)
 
 
