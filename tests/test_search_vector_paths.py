@@ -54,8 +54,7 @@ async def plans(client: httpx.AsyncClient, owner: int) -> dict[str, str]:
             "similar": ("(SELECT embedding FROM source)", sql.SIMILAR, (owner, any_task, 10)),
         }
         for name, (vector_sql, statement, args) in statements.items():
-            async with conn.transaction():
-                order = await sql.nearest_first(conn, settings, owner, vector_sql)
+            async with sql.nearest_first(conn, settings, owner, vector_sql) as order:
                 text = statement.format(lang=lang, nearest_first=order)
                 rows = await conn.fetch("EXPLAIN " + text, *args)
             explained[name] = "\n".join(row[0] for row in rows)
