@@ -7,25 +7,29 @@ Seeds a throwaway embedded PostgreSQL with scripts/seed.py (DATABASE_URL instead
 ``--rounds`` times after one warm-up round; each figure is the median over the rounds of
 that round's p50 (or p99), and each ratio the median of the rounds' ratios of p50s.
 
-Queries are drawn the way people type them: one word (80 %) or two (20 %), each word of
-mid to low frequency — a rank drawn log-uniformly between 100 and the vocabulary size, so
-as many queries hit a word found in ~2 % of tasks as in ~0.01 % (nobody searches for
-"the", and few for the 50 commonest words of their own notes). Users come in three
-sizes, a third of the queries each: small (< 1,000 tasks), medium (1,000–9,999) and
-large (≥ 10,000). For each query:
+Queries are drawn the way people type them: users search for what they wrote. Each query
+takes a random task of its user and one word of it (80 %) or two (20 %), among the words
+of mid to low frequency (not the 99 commonest, stop words included: nobody searches for
+"the" or "invoice" in their own notes). Users come in three sizes, a third of the
+queries each: small (< 1,000 tasks), medium, and large — the users at or above
+SEARCH_EXACT_SCAN_BELOW, whose vector queries go through the HNSW index. For each query:
 
 - full-text (the API's statement: websearch_to_tsquery, GIN, ts_rank_cd, ts_headline)
   against what a user would write without it: ``(title ILIKE '%w%' OR body ILIKE '%w%')``
   for each word, newest first, for the same user;
 - fuzzy (trigram) with a typo in the query (two letters swapped);
-- semantic, the API's path (exact scan for users below SEARCH_EXACT_SCAN_BELOW tasks, the
-  HNSW index above), against the exact ``ORDER BY embedding <=> q`` with the same user
-  filter and no vector index, and recall@10 of the API's answer against the exact one;
+- semantic, the API's path (exact scan for small users, HNSW for large ones), against the
+  exact ``ORDER BY embedding <=> q`` with the same user filter and no vector index, and
+  recall@10 of the API's answer against the exact one;
 - hybrid (RRF in one statement) against full-text alone;
-- similar (a random task of the user), against its exact scan, with recall@10.
+- similar (another random task of the user), against its exact scan, with recall@10.
 
 And without the user filter, for the first ``--whole-table`` queries: full-text vs ILIKE
-over all tasks, and HNSW vs the exact scan over all embeddings (with recall@10).
+over all tasks; HNSW vs the exact scan over all embeddings, for the query's vector
+(semantic) and for the task's own vector (similar), with recall@10.
+
+Settings come from the environment as in the app (HNSW_EF_SEARCH,
+SEARCH_EXACT_SCAN_BELOW=0 for the index for everybody, ...).
 """
 
 from __future__ import annotations
@@ -82,19 +86,22 @@ ORDER BY 1 - (t.embedding <=> s.embedding) DESC LIMIT 10
 """
 EXACT_ALL = """
 SELECT id, embedding <=> $1 AS distance FROM tasks
-WHERE embedding IS NOT NULL ORDER BY 1 - (embedding <=> $1) DESC LIMIT 10
+WHERE embedding IS NOT NULL AND id <> $2 ORDER BY 1 - (embedding <=> $1) DESC LIMIT 10
 """
 HNSW_ALL = """
-SELECT id, embedding <=> $1 AS distance FROM tasks
-WHERE embedding IS NOT NULL ORDER BY embedding <=> $1 LIMIT 10
+SELECT * FROM (
+    SELECT id, embedding <=> $1 AS distance FROM tasks
+    WHERE embedding IS NOT NULL AND id <> $2 ORDER BY embedding <=> $1 LIMIT 10
+) AS nearest ORDER BY distance
 """
 MATCHES = """
 SELECT count(*) FILTER (WHERE user_id = $1) AS mine, count(*) AS overall
 FROM tasks WHERE search_vector @@ websearch_to_tsquery('english'::regconfig, $2)
 """
-SIZES = [("small", 0, 1_000), ("medium", 1_000, 10_000), ("large", 10_000, None)]
 FIRST_QUERY_RANK = 100  # the 99 commonest words (stop words included) are never queries
-TASK_AT = "SELECT id, title, body FROM tasks WHERE user_id = $1 ORDER BY id OFFSET $2 LIMIT 1"
+TASK_AT = """
+SELECT id, title, body, embedding FROM tasks WHERE user_id = $1 ORDER BY id OFFSET $2 LIMIT 1
+"""
 
 
 @dataclass
@@ -105,10 +112,17 @@ class Query:
     typo: str
     vector: list[float]
     task_id: int
+    task_vector: list[float]
 
     @property
     def text(self) -> str:
         return " ".join(self.words)
+
+
+def user_sizes(exact_scan_below: int) -> list[tuple[str, int, int | None]]:
+    """Small, medium, and large: the users whose vector queries take the HNSW index."""
+    large = max(exact_scan_below, 1_001)
+    return [("small", 0, 1_000), ("medium", 1_000, large), ("large", large, None)]
 
 
 def ilike_words(count: int, first_param: int) -> str:
@@ -130,7 +144,11 @@ def swap_two_letters(word: str, rng: random.Random) -> str:
 
 
 async def make_queries(
-    conn: Connection, count: int, vocabulary_size: int, seed: int = 42
+    conn: Connection,
+    count: int,
+    vocabulary_size: int,
+    sizes: list[tuple[str, int, int | None]],
+    seed: int = 42,
 ) -> list[Query]:
     """Each query: a user of each size in turn, and one or two words of one of their tasks."""
     rng = random.Random(seed)
@@ -151,7 +169,7 @@ async def make_queries(
             for r in owners
             if r["n"] >= low and (high is None or r["n"] < high)
         )
-        for name, low, high in SIZES
+        for name, low, high in sizes
     }
     present = [name for name, users in by_size.items() if users]
     embedder = HashingEmbedder()
@@ -168,7 +186,7 @@ async def make_queries(
         typo = " ".join([swap_two_letters(picked[0], rng), *picked[1:]])
         other = await conn.fetchrow(TASK_AT, user_id, rng.randrange(tasks))
         vector = embedder.embed(" ".join(picked))
-        queries.append(Query(user_id, size, picked, typo, vector, other["id"]))
+        queries.append(Query(user_id, size, picked, typo, vector, other["id"], other["embedding"]))
     return queries
 
 
@@ -260,16 +278,21 @@ class Bench:
             "all",
             lambda: conn.fetch(ILIKE_ALL.format(words=ilike_words(len(patterns), 1)), *patterns),
         )
-        approx = await self.timed("semantic", "all", lambda: self.hnsw_all(q.vector))
-        exact = await self.timed("semantic, exact", "all", lambda: conn.fetch(EXACT_ALL, q.vector))
-        self.recall("semantic", "all", approx, exact)
-
-    async def hnsw_all(self, vector: list[float]) -> list[Any]:
-        async with self.conn.transaction():
-            await self.conn.execute(
-                f"SET LOCAL hnsw.ef_search = {int(self.settings.hnsw_ef_search)}"
+        for name, vector, task_id in [
+            ("semantic", q.vector, 0),
+            ("similar", q.task_vector, q.task_id),
+        ]:
+            approx = await self.timed(name, "all", lambda v=vector, t=task_id: self.hnsw_all(v, t))
+            exact = await self.timed(
+                f"{name}, exact", "all", lambda v=vector, t=task_id: conn.fetch(EXACT_ALL, v, t)
             )
-            return await self.conn.fetch(HNSW_ALL, vector)
+            self.recall(name, "all", approx, exact)
+
+    async def hnsw_all(self, vector: list[float], task_id: int) -> list[Any]:
+        """The nearest tasks of all users through the index, set up as the API does."""
+        async with self.conn.transaction():
+            await self.conn.execute(sql.USE_HNSW, str(self.settings.hnsw_ef_search))
+            return await self.conn.fetch(HNSW_ALL, vector, task_id)
 
 
 def summarise(rounds: list[Bench]) -> None:
@@ -287,7 +310,7 @@ def summarise(rounds: list[Bench]) -> None:
         ]
         return statistics.median(values) if values else None
 
-    columns = [name for name, _, _ in SIZES] + ["all"]
+    columns = ["small", "medium", "large", "all"]
     names = list(dict.fromkeys(name for name, _ in first.times))
     print(f"{'p50 / p99 ms':<18}" + "".join(f"{c:>18}" for c in columns))
     for name in names:
@@ -323,7 +346,8 @@ async def run(dsn: str, queries: int, rounds: int, whole_table: int, vocabulary_
     conn: Connection = await db.connect_direct()
     total = await conn.fetchval("SELECT count(*) FROM tasks")
     users = await conn.fetchval("SELECT count(DISTINCT user_id) FROM tasks")
-    workload = await make_queries(conn, queries, vocabulary_size)
+    sizes = user_sizes(settings.search_exact_scan_below)
+    workload = await make_queries(conn, queries, vocabulary_size, sizes)
     matches = [await conn.fetchrow(MATCHES, q.user_id, q.text) for q in workload]
     results = []
     for round_ in range(rounds + 1):
@@ -340,7 +364,12 @@ async def run(dsn: str, queries: int, rounds: int, whole_table: int, vocabulary_
     await conn.close()
     await db.close()
 
-    counts = {name: sum(1 for q in workload if q.size == name) for name, _, _ in SIZES}
+    counts = {
+        f"{name} ({low:,}{f'–{high - 1:,}' if high else '+'} tasks)": sum(
+            1 for q in workload if q.size == name
+        )
+        for name, low, high in sizes
+    }
     print(
         f"\nsearch, {total:,} tasks, {users:,} users; {queries} queries per round "
         f"({', '.join(f'{n} {name}' for name, n in counts.items())}), "
