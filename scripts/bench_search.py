@@ -395,7 +395,7 @@ def main() -> None:
     parser.add_argument("--vocabulary", type=int, default=30_000)
     parser.add_argument("--queries", type=int, default=150)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--whole-table", type=int, default=20)
+    parser.add_argument("--whole-table", type=int, default=30)
     parser.add_argument("--no-seed", action="store_true", help="measure the tasks already there")
     options = parser.parse_args()
     with postgres() as dsn:
