@@ -340,6 +340,49 @@ def summarise(rounds: list[Bench]) -> None:
         print(f"{'recall@10 ' + name:<18}" + "".join(f"{c:>18}" for c in cells))
 
 
+async def crossover(dsn: str, sizes: list[int], samples: int = 20, seed: int = 7) -> None:
+    """Exact scan vs HNSW for users of about ``sizes`` tasks: where SEARCH_EXACT_SCAN_BELOW
+    belongs. Queries: ``similar`` for a task of the user, and ``semantic`` for its title
+    (a few words, as typed); p50 of a second pass."""
+    settings = load_settings(env="test", database_url=dsn)
+    paths = {
+        "exact": settings.model_copy(update={"search_exact_scan_below": 10**9}),
+        "HNSW": settings.model_copy(update={"search_exact_scan_below": 0}),
+    }
+    db = await Database.connect(settings, dsn)
+    conn: Connection = await db.connect_direct()
+    owners = await conn.fetch("SELECT user_id, count(*) AS n FROM tasks GROUP BY user_id")
+    rng, embedder = random.Random(seed), HashingEmbedder()
+    print(
+        f"{'user tasks':>10}"
+        + "".join(f"{f'{q}, {p}':>20}" for q in ("similar", "semantic") for p in paths)
+    )
+    for size in sizes:
+        user = min(owners, key=lambda r: abs(r["n"] - size))
+        tasks = [
+            await conn.fetchrow(TASK_AT, user["user_id"], rng.randrange(user["n"]))
+            for _ in range(samples)
+        ]
+        columns = [f"{query}, {path}" for query in ("similar", "semantic") for path in paths]
+        times: dict[str, list[float]] = {column: [] for column in columns}
+        for attempt in range(2):
+            for task in tasks:
+                vector = embedder.embed(task["title"])
+                for path, chosen in paths.items():
+                    began = time.perf_counter()
+                    await sql.similar_tasks(conn, chosen, user["user_id"], task["id"], 10)
+                    middle = time.perf_counter()
+                    await sql.search_semantic(conn, chosen, user["user_id"], vector, 10)
+                    if attempt:
+                        times[f"similar, {path}"].append((middle - began) * 1000)
+                        times[f"semantic, {path}"].append((time.perf_counter() - middle) * 1000)
+        print(
+            f"{user['n']:>10,}" + "".join(f"{statistics.median(times[c]):>20.1f}" for c in columns)
+        )
+    await conn.close()
+    await db.close()
+
+
 async def run(dsn: str, queries: int, rounds: int, whole_table: int, vocabulary_size: int) -> None:
     settings = load_settings(env="test", database_url=dsn)
     db = await Database.connect(settings, dsn)
@@ -397,10 +440,18 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--whole-table", type=int, default=30)
     parser.add_argument("--no-seed", action="store_true", help="measure the tasks already there")
+    parser.add_argument(
+        "--crossover",
+        type=lambda text: [int(n) for n in text.split(",")],
+        help="only time exact vs HNSW for users of about these sizes, e.g. 1000,10000,100000",
+    )
     options = parser.parse_args()
     with postgres() as dsn:
         if not options.no_seed:
             asyncio.run(seed(dsn, options.tasks, options.users, options.vocabulary))
+        if options.crossover:
+            asyncio.run(crossover(dsn, options.crossover))
+            return
         asyncio.run(
             run(dsn, options.queries, options.rounds, options.whole_table, options.vocabulary)
         )
