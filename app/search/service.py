@@ -5,8 +5,10 @@
   normalisation (32: rank/(rank+1)), newest first on ties; snippets by ``ts_headline``
   with «» markers on text that is HTML-escaped first, so a snippet is safe to render.
 - fuzzy: trigram similarity on titles (pg_trgm GIN), for typos and prefixes.
-- semantic: cosine distance on the HNSW index; pgvector's iterative index scan keeps
-  looking past rows of other users until enough of the caller's are found.
+- semantic and similar: cosine distance. For a caller with fewer than
+  SEARCH_EXACT_SCAN_BELOW tasks, an exact scan of their own rows (cheaper than an index
+  walk that steps over everybody else's); above, the HNSW index, whose iterative scan keeps
+  looking past other users' rows until enough of the caller's are found (nearest_first).
 - hybrid: reciprocal rank fusion of the full-text and vector rankings, in ONE statement:
   score = Σ weight / (60 + rank).
 """
