@@ -182,7 +182,7 @@ class Settings(BaseSettings):
     embedder_model: str = Field(
         "all-MiniLM-L6-v2", description="Model name for EMBEDDER=sentence-transformers."
     )
-    hnsw_ef_search: int = Field(400, ge=10, description="HNSW candidates per vector query.")
+    hnsw_ef_search: int = Field(200, ge=10, description="HNSW candidates per vector query.")
     search_exact_scan_below: int = Field(
         15_000,
         ge=0,
