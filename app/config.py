@@ -188,7 +188,13 @@ class Settings(BaseSettings):
     embedder_model: str = Field(
         "all-MiniLM-L6-v2", description="Model name for EMBEDDER=sentence-transformers."
     )
-    hnsw_ef_search: int = Field(100, ge=10, description="HNSW candidates per vector query.")
+    hnsw_ef_search: int = Field(200, ge=10, description="HNSW candidates per vector query.")
+    search_exact_scan_below: int = Field(
+        15_000,
+        ge=0,
+        description="Users with fewer tasks get exact vector search (a scan of their own "
+        "rows) instead of HNSW; 0: always HNSW.",
+    )
 
     # --- pub/sub (docs/pubsub.md) --------------------------------------------------------
     pubsub_queue_size: int = Field(

@@ -4,49 +4,17 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from fastapi import FastAPI
 
-from app.jobs.worker import Worker
 from app.search.embedder import DIMENSIONS, HashingEmbedder
 from tests.auth_helpers import new_user
-
-CORPUS = [
-    ("Invoice for ACME", "send the quarterly invoice before friday"),
-    ("Weekly planning", "review the invoice pipeline and the budget"),
-    ("Garden", "water the tomatoes and the roses"),
-    ("Budget review", "prepare budget numbers for the board meeting"),
-    ("Dentist appointment", "call the dentist about the <script>alert(1)</script> bill"),
-    ("Quarterly report", "write the quarterly report draft"),
-]
-
-
-async def embed_all(client: httpx.AsyncClient) -> None:
-    app: FastAPI = client._transport.app  # type: ignore[attr-defined]
-    await Worker(app.state.db, app.state.settings, queues=["search"], burst=True).run()
+from tests.search_helpers import CORPUS, add_tasks, embed_all, search, titles
 
 
 @pytest.fixture
 async def alice(client: httpx.AsyncClient) -> dict[str, str]:
     headers = await new_user(client, "alice@example.com")
-    for title, body in CORPUS:
-        response = await client.post(
-            "/api/tasks", json={"title": title, "body": body}, headers=headers
-        )
-        assert response.status_code == 201
-    await embed_all(client)
+    await add_tasks(client, headers, CORPUS)
     return headers
-
-
-async def search(
-    client: httpx.AsyncClient, headers: dict[str, str], q: str, mode: str = "fulltext"
-) -> list[dict[str, object]]:
-    response = await client.get("/api/search", params={"q": q, "mode": mode}, headers=headers)
-    assert response.status_code == 200, response.text
-    return response.json()["items"]  # type: ignore[no-any-return]
-
-
-def titles(hits: list[dict[str, object]]) -> list[object]:
-    return [hit["title"] for hit in hits]
 
 
 async def test_title_matches_rank_above_body_matches(

@@ -44,34 +44,16 @@ async def search_tasks(
     query = q.strip()[: settings.search_query_max_chars]
     if not query:
         return SearchResults(mode=mode, items=[])
-    lang = sql.lang_literal(settings.search_language)
     if mode == "fulltext":
-        snippet = sql.SNIPPET.format(lang=lang)
-        rows = await conn.fetch(
-            sql.FULLTEXT.format(lang=lang, snippet=snippet), user.id, query, limit
-        )
+        rows = await sql.search_fulltext(conn, settings, user.id, query, limit)
     elif mode == "fuzzy":
-        escaped = query.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        async with conn.transaction():
-            await conn.execute(sql.SET_FUZZY_THRESHOLD, str(settings.search_fuzzy_threshold))
-            rows = await conn.fetch(sql.FUZZY, user.id, query, limit, escaped)
+        rows = await sql.search_fuzzy(conn, settings, user.id, query, limit)
     else:
         vector = await asyncio.to_thread(embedder().embed, query)
-        async with conn.transaction():
-            await sql.use_iterative_scan(conn, settings.hnsw_ef_search)
-            if mode == "semantic":
-                rows = await conn.fetch(sql.SEMANTIC, user.id, vector, limit)
-            else:
-                rows = await conn.fetch(
-                    sql.HYBRID.format(lang=lang),
-                    user.id,
-                    query,
-                    vector,
-                    max(limit * 2, 40),
-                    1.0,
-                    1.0,
-                    limit,
-                )
+        if mode == "semantic":
+            rows = await sql.search_semantic(conn, settings, user.id, vector, limit)
+        else:
+            rows = await sql.search_hybrid(conn, settings, user.id, query, vector, limit)
     return SearchResults(mode=mode, items=[Hit(**hit) for hit in sql.rows_out(rows)])
 
 
@@ -88,7 +70,5 @@ async def list_similar_tasks(
         raise HTTPException(404, "Task not found")
     if not embedded:
         return SearchResults(mode="semantic", items=[])  # its embedding job has not run yet
-    async with conn.transaction():
-        await sql.use_iterative_scan(conn, request.app.state.settings.hnsw_ef_search)
-        rows = await conn.fetch(sql.SIMILAR, user.id, task_id, limit)
+    rows = await sql.similar_tasks(conn, request.app.state.settings, user.id, task_id, limit)
     return SearchResults(mode="semantic", items=[Hit(**hit) for hit in sql.rows_out(rows)])

@@ -5,17 +5,22 @@
   normalisation (32: rank/(rank+1)), newest first on ties; snippets by ``ts_headline``
   with «» markers on text that is HTML-escaped first, so a snippet is safe to render.
 - fuzzy: trigram similarity on titles (pg_trgm GIN), for typos and prefixes.
-- semantic: cosine distance on the HNSW index; pgvector's iterative index scan keeps
-  looking past rows of other users until enough of the caller's are found.
+- semantic and similar: cosine distance. For a caller with fewer than
+  SEARCH_EXACT_SCAN_BELOW tasks, an exact scan of their own rows (cheaper than an index
+  walk that steps over everybody else's); above, the HNSW index, whose iterative scan keeps
+  looking past other users' rows until enough of the caller's are found (nearest_first).
 - hybrid: reciprocal rank fusion of the full-text and vector rankings, in ONE statement:
   score = Σ weight / (60 + rank).
 """
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
-from app.db import Connection
+from app.config import Settings
+from app.db import Connection, Record
 
 SNIPPET = """
 ts_headline({lang}, replace(replace(replace(t.body, '&', '&amp;'), '<', '&lt;'), '>', '&gt;'),
@@ -41,12 +46,31 @@ ORDER BY score DESC, t.created_at DESC
 LIMIT $3
 """
 SET_FUZZY_THRESHOLD = "SELECT set_config('pg_trgm.word_similarity_threshold', $1, true)"
+# The two orders of nearest tasks (see nearest_first). The HNSW index serves only
+# `ORDER BY embedding <=> vector`; ordering by the similarity, 1 - distance, gives the same
+# order but keeps the index out, so the planner reads the caller's rows through
+# tasks_user_created and keeps the top N in a heap sort: an exact answer.
+BY_DISTANCE = "t.embedding <=> {vector}"
+BY_SIMILARITY = "1 - (t.embedding <=> {vector}) DESC, t.id"
+COUNT_UP_TO = "SELECT count(*) FROM (SELECT FROM tasks WHERE user_id = $1 LIMIT $2) AS mine"
+# For the index path, per transaction: ef_search candidates per step; relaxed_order lets the
+# filtered scan return rows slightly out of distance order (the statements re-sort their
+# few rows), which found more of the true neighbours than strict_order at the same cost;
+# and no sorts (see nearest_first).
+USE_HNSW = """
+SELECT set_config('hnsw.ef_search', $1, true),
+       set_config('hnsw.iterative_scan', 'relaxed_order', true),
+       set_config('enable_sort', 'off', true)
+"""
 SEMANTIC = """
-SELECT t.id, t.title, left(t.body, 160) AS snippet, 1 - (t.embedding <=> $2) AS score
-FROM tasks t
-WHERE t.user_id = $1 AND t.embedding IS NOT NULL
-ORDER BY t.embedding <=> $2
-LIMIT $3
+SELECT * FROM (
+    SELECT t.id, t.title, left(t.body, 160) AS snippet, 1 - (t.embedding <=> $2) AS score
+    FROM tasks t
+    WHERE t.user_id = $1 AND t.embedding IS NOT NULL
+    ORDER BY {nearest_first}
+    LIMIT $3
+) AS nearest
+ORDER BY score DESC, id
 """
 # Each side ranks its own top candidates; the FULL JOIN fuses them.
 HYBRID = """
@@ -65,7 +89,7 @@ vector_hits AS (
         SELECT t.id, t.embedding <=> $3 AS distance
         FROM tasks t
         WHERE t.user_id = $1 AND t.embedding IS NOT NULL
-        ORDER BY t.embedding <=> $3
+        ORDER BY {nearest_first}
         LIMIT $4
     ) AS nearest
 ),
@@ -79,13 +103,19 @@ FROM fused f JOIN tasks t ON t.id = f.id
 ORDER BY f.score DESC, t.id DESC
 LIMIT $7
 """
+# The source's vector comes from a scalar subquery (computed once, before the scan), not
+# from a join: the index can order by distance to a value, not to a column of another row.
 SIMILAR = """
-SELECT t.id, t.title, left(t.body, 160) AS snippet, 1 - (t.embedding <=> s.embedding) AS score
-FROM tasks s
-JOIN tasks t ON t.user_id = s.user_id AND t.id <> s.id AND t.embedding IS NOT NULL
-WHERE s.user_id = $1 AND s.id = $2
-ORDER BY t.embedding <=> s.embedding
-LIMIT $3
+WITH source AS (SELECT embedding FROM tasks WHERE user_id = $1 AND id = $2)
+SELECT * FROM (
+    SELECT t.id, t.title, left(t.body, 160) AS snippet,
+           1 - (t.embedding <=> (SELECT embedding FROM source)) AS score
+    FROM tasks t
+    WHERE t.user_id = $1 AND t.id <> $2 AND t.embedding IS NOT NULL
+    ORDER BY {nearest_first}
+    LIMIT $3
+) AS nearest
+ORDER BY score DESC, id
 """
 OWNS_TASK = "SELECT embedding IS NOT NULL FROM tasks WHERE user_id = $1 AND id = $2"
 SET_EMBEDDING = """
@@ -106,10 +136,85 @@ def lang_literal(language: str) -> str:
     return f"'{language}'::regconfig"
 
 
-async def use_iterative_scan(conn: Connection, ef_search: int) -> None:
-    """Per-transaction pgvector settings for filtered HNSW queries (pgvector >= 0.8)."""
-    await conn.execute(f"SET LOCAL hnsw.ef_search = {int(ef_search)}")
-    await conn.execute("SET LOCAL hnsw.iterative_scan = strict_order")
+async def search_fulltext(
+    conn: Connection, settings: Settings, user_id: int, query: str, limit: int
+) -> list[Record]:
+    lang = lang_literal(settings.search_language)
+    statement = FULLTEXT.format(lang=lang, snippet=SNIPPET.format(lang=lang))
+    return await conn.fetch(statement, user_id, query, limit)
+
+
+async def search_fuzzy(
+    conn: Connection, settings: Settings, user_id: int, query: str, limit: int
+) -> list[Record]:
+    escaped = query.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    async with conn.transaction():
+        await conn.execute(SET_FUZZY_THRESHOLD, str(settings.search_fuzzy_threshold))
+        return await conn.fetch(FUZZY, user_id, query, limit, escaped)
+
+
+async def search_semantic(
+    conn: Connection, settings: Settings, user_id: int, vector: list[float], limit: int
+) -> list[Record]:
+    async with nearest_first(conn, settings, user_id, "$2") as order:
+        return await conn.fetch(SEMANTIC.format(nearest_first=order), user_id, vector, limit)
+
+
+async def search_hybrid(
+    conn: Connection,
+    settings: Settings,
+    user_id: int,
+    query: str,
+    vector: list[float],
+    limit: int,
+    *,
+    text_weight: float = 1.0,
+    vector_weight: float = 1.0,
+) -> list[Record]:
+    lang = lang_literal(settings.search_language)
+    async with nearest_first(conn, settings, user_id, "$3") as order:
+        return await conn.fetch(
+            HYBRID.format(lang=lang, nearest_first=order),
+            user_id,
+            query,
+            vector,
+            max(limit * 2, 40),
+            text_weight,
+            vector_weight,
+            limit,
+        )
+
+
+async def similar_tasks(
+    conn: Connection, settings: Settings, user_id: int, task_id: int, limit: int
+) -> list[Record]:
+    async with nearest_first(conn, settings, user_id, "(SELECT embedding FROM source)") as order:
+        return await conn.fetch(SIMILAR.format(nearest_first=order), user_id, task_id, limit)
+
+
+@asynccontextmanager
+async def nearest_first(
+    conn: Connection, settings: Settings, user_id: int, vector: str
+) -> AsyncIterator[str]:
+    """The ORDER BY that finds the caller's nearest tasks: exact, or through HNSW.
+
+    Below ``search_exact_scan_below`` tasks, reading all of the caller's rows and sorting
+    them is exact, and cheaper than an HNSW scan that steps over everybody else's rows
+    (measured crossover: docs/search.md); above it, the index. Counting stops at the
+    threshold (an index-only scan of at most that many entries). The index path runs in a
+    transaction, for its per-transaction settings; the exact path needs none.
+    """
+    threshold = settings.search_exact_scan_below
+    if threshold and await conn.fetchval(COUNT_UP_TO, user_id, threshold) < threshold:
+        yield BY_SIMILARITY.format(vector=vector)
+        return
+    async with conn.transaction():
+        # enable_sort off: the planner estimates a user's rows from statistics, and a
+        # generic plan (prepared statements) from the average user, so it may choose "read
+        # the user's rows and sort" for a user known here to be large. With sorts
+        # disabled, walking the HNSW index in distance order is the plan left.
+        await conn.execute(USE_HNSW, str(settings.hnsw_ef_search))
+        yield BY_DISTANCE.format(vector=vector)
 
 
 def rows_out(rows: list[Any]) -> list[dict[str, Any]]:

@@ -1,0 +1,119 @@
+"""Vector search takes one of two paths: an exact scan of a small user's own tasks, or the
+HNSW index for a large user. Both give the same answers; each plan is the one intended."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import asyncpg
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from app.config import Settings
+from app.search import service as sql
+from app.search.embedder import HashingEmbedder
+from tests.auth_helpers import new_user
+from tests.search_helpers import CORPUS, add_tasks, search
+
+LARGE = 4  # SEARCH_EXACT_SCAN_BELOW here: the corpus (6 tasks) makes its owner a large user
+
+
+@pytest.fixture
+def settings(make_settings: Callable[..., Settings]) -> Settings:
+    return make_settings(search_exact_scan_below=LARGE)
+
+
+@pytest.fixture
+async def alice(client: httpx.AsyncClient) -> dict[str, str]:
+    headers = await new_user(client, "alice@example.com")
+    await add_tasks(client, headers, CORPUS)
+    return headers
+
+
+def the_app(client: httpx.AsyncClient) -> FastAPI:
+    return client._transport.app  # type: ignore[attr-defined,no-any-return]
+
+
+async def user_id(db_conn: asyncpg.Connection, email: str) -> int:
+    return await db_conn.fetchval("SELECT id FROM users WHERE email = $1", email)  # type: ignore[no-any-return]
+
+
+async def plans(client: httpx.AsyncClient, owner: int) -> dict[str, str]:
+    """EXPLAIN of the semantic, hybrid and similar statements, as the app runs them."""
+    app = the_app(client)
+    settings: Settings = app.state.settings
+    vector = HashingEmbedder().embed("budget")
+    lang = sql.lang_literal(settings.search_language)
+    explained = {}
+    async with app.state.db.acquire() as conn:
+        any_task = await conn.fetchval("SELECT id FROM tasks WHERE user_id = $1 LIMIT 1", owner)
+        statements = {
+            "semantic": ("$2", sql.SEMANTIC, (owner, vector, 10)),
+            "hybrid": ("$3", sql.HYBRID, (owner, "budget", vector, 40, 1.0, 1.0, 20)),
+            "similar": ("(SELECT embedding FROM source)", sql.SIMILAR, (owner, any_task, 10)),
+        }
+        for name, (vector_sql, statement, args) in statements.items():
+            async with sql.nearest_first(conn, settings, owner, vector_sql) as order:
+                text = statement.format(lang=lang, nearest_first=order)
+                rows = await conn.fetch("EXPLAIN " + text, *args)
+            explained[name] = "\n".join(row[0] for row in rows)
+    return explained
+
+
+async def test_a_large_users_nearest_tasks_come_from_the_hnsw_index(
+    client: httpx.AsyncClient, alice: dict[str, str], db_conn: asyncpg.Connection
+) -> None:
+    for name, plan in (await plans(client, await user_id(db_conn, "alice@example.com"))).items():
+        assert "Index Scan using tasks_embedding" in plan, (name, plan)
+
+
+async def test_a_small_users_nearest_tasks_come_from_an_exact_scan(
+    client: httpx.AsyncClient, db_conn: asyncpg.Connection
+) -> None:
+    bob = await new_user(client, "bob@example.com")
+    await add_tasks(client, bob, CORPUS[: LARGE - 1])
+    for name, plan in (await plans(client, await user_id(db_conn, "bob@example.com"))).items():
+        assert "tasks_embedding" not in plan, (name, plan)
+        assert "tasks_user_created" in plan, (name, plan)
+
+
+@pytest.mark.parametrize("mode", ["semantic", "hybrid"])
+async def test_both_paths_find_the_same_tasks(
+    client: httpx.AsyncClient, alice: dict[str, str], mode: str
+) -> None:
+    app = the_app(client)
+    through_index = [hit["id"] for hit in await search(client, alice, "quarterly budget", mode)]
+    app.state.settings = app.state.settings.model_copy(update={"search_exact_scan_below": 1000})
+    exact = [hit["id"] for hit in await search(client, alice, "quarterly budget", mode)]
+    assert exact
+    assert through_index == exact
+
+
+async def test_similar_is_the_same_on_both_paths(
+    client: httpx.AsyncClient, alice: dict[str, str]
+) -> None:
+    app = the_app(client)
+    [first, *_] = await search(client, alice, "invoice", "semantic")
+
+    async def similar() -> list[int]:
+        response = await client.get(f"/api/tasks/{first['id']}/similar", headers=alice)
+        assert response.status_code == 200
+        return [hit["id"] for hit in response.json()["items"]]
+
+    through_index = await similar()
+    app.state.settings = app.state.settings.model_copy(update={"search_exact_scan_below": 1000})
+    assert through_index == await similar()
+    assert first["id"] not in through_index
+    assert len(through_index) == len(CORPUS) - 1
+
+
+@pytest.mark.parametrize("mode", ["semantic", "hybrid"])
+async def test_the_index_path_only_finds_the_callers_tasks(
+    client: httpx.AsyncClient, alice: dict[str, str], mode: str
+) -> None:
+    bob = await new_user(client, "bob@example.com")
+    await add_tasks(client, bob, [(f"Bob's chore {n}", "mow the lawn") for n in range(LARGE)])
+    hits = await search(client, bob, "quarterly invoice budget", mode)
+    assert hits
+    assert all(str(hit["title"]).startswith("Bob's chore") for hit in hits)
