@@ -15,6 +15,7 @@ from app.db import Database
 from tests.helpers import eventually, flushed_redis, free_port
 
 CacheFactory = Callable[..., Awaitable[Cache]]
+StartCache = Callable[[Settings], Awaitable[Cache]]
 
 
 @pytest.fixture(params=["postgres", "redis"])
@@ -32,22 +33,35 @@ async def backend_settings(
 
 
 @pytest.fixture
-async def new_cache(backend_settings: Callable[..., Settings]) -> AsyncIterator[CacheFactory]:
-    """Start Cache instances as separate processes would have them (own L1, own lock)."""
+async def start_cache() -> AsyncIterator[StartCache]:
+    """Start a Cache on its own Database, as a separate process would have them (own L1,
+    own in-flight loads); all are stopped after the test."""
     opened: list[tuple[Cache, Database]] = []
 
-    async def start(**overrides: object) -> Cache:
-        settings = backend_settings(**overrides)
+    async def start(settings: Settings) -> Cache:
         db = await Database.connect(settings, settings.database_url)
         cache = Cache()
-        await cache.start(settings, db)
         opened.append((cache, db))
+        await cache.start(settings, db)
         return cache
 
     yield start
     for cache, db in opened:
         await cache.stop()
         await db.close()
+
+
+@pytest.fixture
+def new_cache(
+    backend_settings: Callable[..., Settings],
+    start_cache: StartCache,
+) -> CacheFactory:
+    """Caches on the backend under test, with optional setting overrides."""
+
+    async def start(**overrides: object) -> Cache:
+        return await start_cache(backend_settings(**overrides))
+
+    return start
 
 
 async def test_set_get_delete_round_trip_json_values(new_cache: CacheFactory) -> None:
@@ -211,96 +225,72 @@ async def test_l1_serves_repeat_reads_and_is_invalidated_by_other_writers(
 
 
 async def test_an_unreachable_redis_is_a_miss_not_an_error(
-    make_settings: Callable[..., Settings],
+    make_settings: Callable[..., Settings], start_cache: StartCache
 ) -> None:
     settings = make_settings(
         cache_backend="redis",
         redis_url=f"redis://127.0.0.1:{free_port()}/0",
         cache_timeout_seconds=0.2,
     )
-    db = await Database.connect(settings, settings.database_url)
-    cache = Cache()
-    try:
-        await cache.start(settings, db)  # the L1 listener cannot connect: L1 off
-        assert await cache.get("k") is None
-        assert not await cache.set("k", 1)
-        assert await cache.incr("n") is None
-        assert await cache.get_or_set("k", _constant(5)) == 5
-        assert cache.errors["get"] >= 1
-        assert cache.errors["set"] >= 1
-    finally:
-        await cache.stop()
-        await db.close()
+    cache = await start_cache(settings)  # the L1 listener cannot connect: L1 off
+    assert await cache.get("k") is None
+    assert not await cache.set("k", 1)
+    assert await cache.incr("n") is None
+    assert await cache.get_or_set("k", _constant(5)) == 5
+    assert cache.errors["get"] >= 1
+    assert cache.errors["set"] >= 1
 
 
 async def test_a_locked_cache_table_times_out_into_misses(
-    make_settings: Callable[..., Settings], db_conn: asyncpg.Connection
+    make_settings: Callable[..., Settings], start_cache: StartCache, db_conn: asyncpg.Connection
 ) -> None:
     settings = make_settings(cache_timeout_seconds=0.2)
-    db = await Database.connect(settings, settings.database_url)
-    cache = Cache()
-    await cache.start(settings, db)
-    try:
-        await cache.set("k", "v")
-        async with db_conn.transaction():
-            await db_conn.execute("LOCK TABLE cache_entries IN ACCESS EXCLUSIVE MODE")
-            began = time.monotonic()
-            assert await cache.get("other") is None
-            assert not await cache.set("k2", "v2")
-            assert time.monotonic() - began < 2
-        assert cache.errors["get"] >= 1
-        assert await cache.get("k") == "v"  # fine again once the lock is gone
-    finally:
-        await cache.stop()
-        await db.close()
+    cache = await start_cache(settings)
+    await cache.set("k", "v")
+    async with db_conn.transaction():
+        await db_conn.execute("LOCK TABLE cache_entries IN ACCESS EXCLUSIVE MODE")
+        began = time.monotonic()
+        assert await cache.get("other") is None
+        assert not await cache.set("k2", "v2")
+        assert time.monotonic() - began < 2
+    assert cache.errors["get"] >= 1
+    assert await cache.get("k") == "v"  # fine again once the lock is gone
 
 
 async def test_killed_cache_connections_are_replaced(
-    make_settings: Callable[..., Settings], db_conn: asyncpg.Connection
+    make_settings: Callable[..., Settings], start_cache: StartCache, db_conn: asyncpg.Connection
 ) -> None:
     settings = make_settings(cache_pool_size=3, cache_l1_max_entries=0)
-    db = await Database.connect(settings, settings.database_url)
-    cache = Cache()
-    await cache.start(settings, db)
-    try:
-        await cache.set("k", "v")
-        assert await asyncio.gather(*(cache.get("k") for _ in range(10))) == ["v"] * 10
-        killed = await db_conn.fetchval(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-            "WHERE application_name = 'pgfirst-cache'"
-        )
-        assert killed >= 1
-        # Each dead connection costs at most one miss; then the set is whole again.
-        await eventually(lambda: cache.get("k"), lambda value: value == "v")
-        assert await asyncio.gather(*(cache.get("k") for _ in range(10))) == ["v"] * 10
-    finally:
-        await cache.stop()
-        await db.close()
+    cache = await start_cache(settings)
+    await cache.set("k", "v")
+    assert await asyncio.gather(*(cache.get("k") for _ in range(10))) == ["v"] * 10
+    killed = await db_conn.fetchval(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+        "WHERE application_name = 'pgfirst-cache'"
+    )
+    assert killed >= 1
+    # Each dead connection costs at most one miss; then the set is whole again.
+    await eventually(lambda: cache.get("k"), lambda value: value == "v")
+    assert await asyncio.gather(*(cache.get("k") for _ in range(10))) == ["v"] * 10
 
 
 async def test_purge_deletes_expired_rows_and_enforces_the_size_cap(
-    make_settings: Callable[..., Settings], db_conn: asyncpg.Connection
+    make_settings: Callable[..., Settings], start_cache: StartCache
 ) -> None:
     # L1 off: an L1 copy may outlive a size-cap eviction by up to CACHE_L1_TTL_SECONDS
     # (the value was valid; nothing announces evictions), and this test reads the table.
     settings = make_settings(cache_max_entries=10, cache_purge_batch=4, cache_l1_max_entries=0)
-    db = await Database.connect(settings, settings.database_url)
-    cache = Cache()
-    await cache.start(settings, db)
-    try:
-        for n in range(5):
-            await cache.set(f"gone:{n}", n, ttl=0.1)
-        for n in range(25):
-            await cache.set(f"kept:{n:02}", n)
-        await asyncio.sleep(0.3)
-        assert await cache.count() == 30  # expired rows stay until purged
-        assert await cache.purge() == (5, 15)
-        assert await cache.count() == 10
-        present = await cache.get_many([f"kept:{n:02}" for n in range(25)])
-        assert sorted(present) == [f"kept:{n:02}" for n in range(15, 25)]  # oldest went first
-    finally:
-        await cache.stop()
-        await db.close()
+    cache = await start_cache(settings)
+    for n in range(5):
+        await cache.set(f"gone:{n}", n, ttl=0.1)
+    for n in range(25):
+        await cache.set(f"kept:{n:02}", n)
+    await asyncio.sleep(0.3)
+    assert await cache.count() == 30  # expired rows stay until purged
+    assert await cache.purge() == (5, 15)
+    assert await cache.count() == 10
+    present = await cache.get_many([f"kept:{n:02}" for n in range(25)])
+    assert sorted(present) == [f"kept:{n:02}" for n in range(15, 25)]  # oldest went first
 
 
 async def test_hot_keys_and_hit_rates_are_counted(new_cache: CacheFactory) -> None:

@@ -578,19 +578,25 @@ class Cache:
 
     def _roll_minute(self, now: float) -> None:
         # Reads per key over the last full minute (a gap of idle minutes reads as zero).
-        if now - self._minute_started < 120:
-            busiest = sorted(self._key_reads.items(), key=lambda item: item[1], reverse=True)
-            self.hot_keys_last_minute = busiest[:20]
-        else:
-            self.hot_keys_last_minute = []
+        recent = now - self._minute_started < 120
+        self.hot_keys_last_minute = _busiest(self._key_reads) if recent else []
         self._key_reads = {}
         self._minute_started = now
 
     def hot_keys(self) -> list[tuple[str, int]]:
-        """The most-read keys of the last full minute, with their read counts."""
-        if time.monotonic() - self._minute_started >= 60:
-            self._roll_minute(time.monotonic())
-        return list(self.hot_keys_last_minute)
+        """The most-read keys of the last full minute, with their read counts.
+
+        Reads state without changing it: /metrics collects from a thread, while the event
+        loop keeps counting (copying a dict is atomic under the GIL; iterating it is not).
+        """
+        age = time.monotonic() - self._minute_started
+        if age < 60:
+            return list(self.hot_keys_last_minute)
+        return _busiest(dict(self._key_reads)) if age < 120 else []
+
+
+def _busiest(reads: dict[str, int]) -> list[tuple[str, int]]:
+    return sorted(reads.items(), key=lambda item: item[1], reverse=True)[:20]
 
 
 cache = Cache()

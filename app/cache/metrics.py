@@ -28,7 +28,8 @@ class CacheCollector(Collector):
         reads = CounterMetricFamily(
             "cache_reads", "Cache reads by key prefix and result.", labels=["prefix", "result"]
         )
-        for (prefix, result), count in sorted(cache.reads.items()):
+        # Copies: collect() runs in a thread while the event loop updates the counters.
+        for (prefix, result), count in sorted(dict(cache.reads).items()):
             reads.add_metric([prefix, result], count)
         hot = GaugeMetricFamily(
             "cache_hot_key_reads_per_minute",
@@ -46,7 +47,7 @@ class CacheCollector(Collector):
             "Cache backend calls that failed (served as misses).",
             labels=["operation"],
         )
-        for operation, count in sorted(cache.errors.items()):
+        for operation, count in sorted(dict(cache.errors).items()):
             errors.add_metric([operation], count)
         entries = GaugeMetricFamily("cache_l1_entries", "Entries in this process's L1 tier.")
         entries.add_metric([], cache.l1_entries)

@@ -97,19 +97,23 @@ WITH deleted AS (
 SELECT count(*), CASE WHEN $3 <> '' THEN pg_notify($3, $4) END FROM deleted
 """
 # Counters are stored as the decimal text of the number (which is also its JSON), so a
-# plain get() reads them. An expired counter restarts from zero with a fresh expiry.
+# plain get() reads them. An expired counter restarts from zero with a fresh expiry. The
+# announcement rides in the same statement, as for SET.
 INCR = """
-INSERT INTO cache_entries AS c (key, value, expires_at, written_at)
-VALUES ($1, convert_to($2::bigint::text, 'UTF8'), now() + make_interval(secs => $3), now())
-ON CONFLICT (key) DO UPDATE
-SET value = convert_to((
-        CASE WHEN c.expires_at IS NULL OR c.expires_at > now()
-             THEN convert_from(c.value, 'UTF8')::bigint ELSE 0 END + $2::bigint
-    )::text, 'UTF8'),
-    expires_at = CASE WHEN c.expires_at IS NULL OR c.expires_at > now()
-                      THEN c.expires_at ELSE EXCLUDED.expires_at END,
-    written_at = now()
-RETURNING convert_from(value, 'UTF8')::bigint
+WITH counted AS (
+    INSERT INTO cache_entries AS c (key, value, expires_at, written_at)
+    VALUES ($1, convert_to($2::bigint::text, 'UTF8'), now() + make_interval(secs => $3), now())
+    ON CONFLICT (key) DO UPDATE
+    SET value = convert_to((
+            CASE WHEN c.expires_at IS NULL OR c.expires_at > now()
+                 THEN convert_from(c.value, 'UTF8')::bigint ELSE 0 END + $2::bigint
+        )::text, 'UTF8'),
+        expires_at = CASE WHEN c.expires_at IS NULL OR c.expires_at > now()
+                          THEN c.expires_at ELSE EXCLUDED.expires_at END,
+        written_at = now()
+    RETURNING convert_from(value, 'UTF8')::bigint AS total
+)
+SELECT total, CASE WHEN $4 <> '' THEN pg_notify($4, $5) END FROM counted
 """
 # A lock row is taken when absent or when its lease has run out (its holder died).
 LOCK = """
@@ -234,13 +238,10 @@ class PostgresCacheBackend:
 
     async def incr(self, key: str, amount: int, ttl: float | None, announce: str) -> int:
         try:
-            async with self.pool.acquire() as conn, conn.transaction():
-                value = int(await conn.fetchval(INCR, key, amount, ttl))
-                if announce:
-                    await conn.execute("SELECT pg_notify($1, $2)", INVALIDATION_CHANNEL, announce)
+            total = await self.pool.fetchval(INCR, key, amount, ttl, *self._notify(announce))
         except asyncpg.InvalidTextRepresentationError:
             raise ValueError(f"cache value at {key!r} is not an integer") from None
-        return value
+        return int(total)
 
     # --- stampede locks ------------------------------------------------------------------
 
