@@ -64,6 +64,21 @@ async def pickup() -> None:
     _picked.set()
 
 
+async def pickup_latencies(
+    send: Callable[[], Awaitable[Any]], picked: asyncio.Event, started: list[float]
+) -> list[float]:
+    """Enqueue one job at a time, 20 ms apart, to an idle worker: enqueue → handler start."""
+    latencies = []
+    for _ in range(PICKUPS):
+        await asyncio.sleep(0.02)
+        picked.clear()
+        sent = time.perf_counter()
+        await send()
+        await picked.wait()
+        latencies.append(started[-1] - sent)
+    return latencies
+
+
 async def run_pgfirst(dsn: str, jobs: int) -> dict[str, float]:
     global _remaining
     settings = load_settings(
@@ -87,14 +102,9 @@ async def run_pgfirst(dsn: str, jobs: int) -> dict[str, float]:
         drain_rate = jobs / (time.perf_counter() - began)
 
         _pickup_started.clear()
-        latencies = []
-        for _ in range(PICKUPS):
-            await asyncio.sleep(0.02)
-            _picked.clear()
-            sent = time.perf_counter()
-            await enqueue("bench.pickup")
-            await _picked.wait()
-            latencies.append(_pickup_started[-1] - sent)
+        latencies = await pickup_latencies(
+            lambda: enqueue("bench.pickup"), _picked, _pickup_started
+        )
         worker.stop()
         await task
     finally:
@@ -151,14 +161,9 @@ async def run_pgqueuer(dsn: str, jobs: int) -> dict[str, float] | None:
     await done.wait()
     drain_rate = jobs / (time.perf_counter() - began)
 
-    latencies = []
-    for _ in range(PICKUPS):
-        await asyncio.sleep(0.02)
-        picked.clear()
-        sent = time.perf_counter()
-        await queries.enqueue(["pickup"], [None], [0])
-        await picked.wait()
-        latencies.append(pickups[-1] - sent)
+    latencies = await pickup_latencies(
+        lambda: queries.enqueue(["pickup"], [None], [0]), picked, pickups
+    )
     pgq.shutdown.set()
     await asyncio.wait_for(runner, 30)
     await worker_conn.close()
@@ -227,14 +232,7 @@ async def run_procrastinate(
         await done.wait()
         drain_rate = jobs / (time.perf_counter() - began)
 
-        latencies = []
-        for _ in range(PICKUPS):
-            await asyncio.sleep(0.02)
-            picked.clear()
-            sent = time.perf_counter()
-            await pickup_task.defer_async()
-            await picked.wait()
-            latencies.append(pickups[-1] - sent)
+        latencies = await pickup_latencies(pickup_task.defer_async, picked, pickups)
         runner.cancel()  # its documented way to stop a worker run as a task: graceful
         with contextlib.suppress(asyncio.CancelledError):
             await runner
