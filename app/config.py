@@ -195,6 +195,12 @@ class Settings(BaseSettings):
         description="Users with fewer tasks get exact vector search (a scan of their own "
         "rows) instead of HNSW; 0: always HNSW.",
     )
+    search_size_cache_seconds: float = Field(
+        300,
+        gt=0,
+        description="How long the answer to 'has this user SEARCH_EXACT_SCAN_BELOW tasks?' "
+        "is cached.",
+    )
 
     # --- pub/sub (docs/pubsub.md) --------------------------------------------------------
     pubsub_queue_size: int = Field(

@@ -43,6 +43,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from app.cache import cache
 from app.config import Settings, load_settings
 from app.db import Connection, Database
 from app.search import service as sql
@@ -386,6 +387,7 @@ async def crossover(dsn: str, sizes: list[int], samples: int = 20, seed: int = 7
 async def run(dsn: str, queries: int, rounds: int, whole_table: int, vocabulary_size: int) -> None:
     settings = load_settings(env="test", database_url=dsn)
     db = await Database.connect(settings, dsn)
+    await cache.start(settings, db)  # as the app does: the vector paths consult it
     conn: Connection = await db.connect_direct()
     total = await conn.fetchval("SELECT count(*) FROM tasks")
     users = await conn.fetchval("SELECT count(DISTINCT user_id) FROM tasks")
@@ -405,6 +407,7 @@ async def run(dsn: str, queries: int, rounds: int, whole_table: int, vocabulary_
         if round_:
             results.append(bench)
     await conn.close()
+    await cache.stop()
     await db.close()
 
     counts = {

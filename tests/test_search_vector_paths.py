@@ -10,6 +10,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from app.cache import cache
 from app.config import Settings
 from app.search import service as sql
 from app.search.embedder import HashingEmbedder
@@ -117,3 +118,23 @@ async def test_the_index_path_only_finds_the_callers_tasks(
     hits = await search(client, bob, "quarterly invoice budget", mode)
     assert hits
     assert all(str(hit["title"]).startswith("Bob's chore") for hit in hits)
+
+
+async def test_which_path_a_user_takes_is_cached(
+    client: httpx.AsyncClient, db_conn: asyncpg.Connection
+) -> None:
+    app = the_app(client)
+    settings: Settings = app.state.settings
+    await new_user(client, "bob@example.com")
+    bob = await user_id(db_conn, "bob@example.com")
+    async with app.state.db.acquire() as conn:
+        assert not await sql.takes_index(conn, settings, bob)
+        await conn.executemany(
+            "INSERT INTO tasks (user_id, title) VALUES ($1, $2)",
+            [(bob, f"chore {n}") for n in range(LARGE)],
+        )
+        assert not await sql.takes_index(conn, settings, bob)  # the cached answer
+        assert await cache.delete(f"search:large:{LARGE}:{bob}")
+        assert await sql.takes_index(conn, settings, bob)  # counted again
+        raised = settings.model_copy(update={"search_exact_scan_below": 1000})
+        assert not await sql.takes_index(conn, raised, bob)  # another threshold, another key

@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+from app.cache import cache
 from app.config import Settings
 from app.db import Connection, Record
 
@@ -200,12 +201,10 @@ async def nearest_first(
 
     Below ``search_exact_scan_below`` tasks, reading all of the caller's rows and sorting
     them is exact, and cheaper than an HNSW scan that steps over everybody else's rows
-    (measured crossover: docs/search.md); above it, the index. Counting stops at the
-    threshold (an index-only scan of at most that many entries). The index path runs in a
-    transaction, for its per-transaction settings; the exact path needs none.
+    (measured crossover: docs/search.md); above it, the index (``takes_index``). The index
+    path runs in a transaction, for its per-transaction settings; the exact path needs none.
     """
-    threshold = settings.search_exact_scan_below
-    if threshold and await conn.fetchval(COUNT_UP_TO, user_id, threshold) < threshold:
+    if not await takes_index(conn, settings, user_id):
         yield BY_SIMILARITY.format(vector=vector)
         return
     async with conn.transaction():
@@ -215,6 +214,26 @@ async def nearest_first(
         # disabled, walking the HNSW index in distance order is the plan left.
         await conn.execute(USE_HNSW, str(settings.hnsw_ef_search))
         yield BY_DISTANCE.format(vector=vector)
+
+
+async def takes_index(conn: Connection, settings: Settings, user_id: int) -> bool:
+    """Whether the caller has at least ``search_exact_scan_below`` tasks.
+
+    Counting stops at the threshold (an index-only scan of at most that many entries), but
+    that is still up to a millisecond for a large account, on every vector query; the
+    answer is cached for SEARCH_SIZE_CACHE_SECONDS (a user crossing the threshold switches
+    paths that much later: both paths answer correctly, only their cost differs).
+    """
+    threshold = settings.search_exact_scan_below
+    if not threshold:
+        return True
+    key = f"search:large:{threshold}:{user_id}"  # a new threshold asks anew
+    known = await cache.get(key)
+    if isinstance(known, bool):
+        return known
+    large = bool(await conn.fetchval(COUNT_UP_TO, user_id, threshold) >= threshold)
+    await cache.set(key, large, ttl=settings.search_size_cache_seconds)
+    return large
 
 
 def rows_out(rows: list[Any]) -> list[dict[str, Any]]:
