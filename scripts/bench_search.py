@@ -48,7 +48,7 @@ from app.config import Settings, load_settings
 from app.db import Connection, Database
 from app.search import service as sql
 from app.search.embedder import HashingEmbedder
-from scripts.benchkit import percentile, postgres
+from scripts.benchkit import percentile, postgres, quarter_of_memory
 from scripts.seed import seed, vocabulary
 
 LANG = sql.lang_literal("english")
@@ -390,6 +390,7 @@ async def run(dsn: str, queries: int, rounds: int, whole_table: int, vocabulary_
     await cache.start(settings, db)  # as the app does: the vector paths consult it
     conn: Connection = await db.connect_direct()
     total = await conn.fetchval("SELECT count(*) FROM tasks")
+    shared_buffers = await conn.fetchval("SHOW shared_buffers")
     users = await conn.fetchval("SELECT count(DISTINCT user_id) FROM tasks")
     sizes = user_sizes(settings.search_exact_scan_below)
     workload = await make_queries(conn, queries, vocabulary_size, sizes)
@@ -429,7 +430,7 @@ async def run(dsn: str, queries: int, rounds: int, whole_table: int, vocabulary_
     )
     print(
         f"settings: SEARCH_EXACT_SCAN_BELOW={settings.search_exact_scan_below}, "
-        f"HNSW_EF_SEARCH={settings.hnsw_ef_search}\n"
+        f"HNSW_EF_SEARCH={settings.hnsw_ef_search}, shared_buffers={shared_buffers}\n"
     )
     summarise(results)
 
@@ -448,8 +449,14 @@ def main() -> None:
         type=lambda text: [int(n) for n in text.split(",")],
         help="only time exact vs HNSW for users of about these sizes, e.g. 1000,10000,100000",
     )
+    parser.add_argument(
+        "--shared-buffers",
+        default=quarter_of_memory(),
+        help="for the throwaway server (default: a quarter of memory, as on a dedicated "
+        "database server; the embedded dev server's 256MB cannot hold a 1M-task table)",
+    )
     options = parser.parse_args()
-    with postgres() as dsn:
+    with postgres(server_settings={"shared_buffers": options.shared_buffers}) as dsn:
         if not options.no_seed:
             asyncio.run(seed(dsn, options.tasks, options.users, options.vocabulary))
         if options.crossover:

@@ -8,6 +8,7 @@ DATABASE_URL / REDIS_URL, when set, are used instead of starting anything.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import socket
@@ -17,6 +18,8 @@ import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+
+import asyncpg
 
 from app.db import migrate
 from app.db.embedded import EmbeddedPostgres
@@ -34,8 +37,14 @@ def free_port() -> int:
 
 
 @contextmanager
-def postgres(*, durable: bool = True) -> Iterator[str]:
-    """DATABASE_URL, or a temp embedded server (fsync on unless ``durable=False``); migrated."""
+def postgres(
+    *, durable: bool = True, server_settings: dict[str, str] | None = None
+) -> Iterator[str]:
+    """DATABASE_URL, or a temp embedded server (fsync on unless ``durable=False``); migrated.
+
+    ``server_settings`` (e.g. ``{"shared_buffers": "4GB"}``) are applied to the temp
+    server with ALTER SYSTEM and a restart; a DATABASE_URL server is used as it is.
+    """
     dsn = os.environ.get("DATABASE_URL")
     if dsn:
         migrate.upgrade(dsn)
@@ -45,11 +54,32 @@ def postgres(*, durable: bool = True) -> Iterator[str]:
     server = EmbeddedPostgres(base / "pg", ephemeral=not durable)
     try:
         dsn = server.ensure_running()
+        if server_settings:
+            asyncio.run(_alter_system(dsn, server_settings))
+            server.stop()
+            dsn = server.ensure_running()
         migrate.upgrade(dsn)
         yield dsn
     finally:
         server.destroy()
         shutil.rmtree(base, ignore_errors=True)
+
+
+async def _alter_system(dsn: str, settings: dict[str, str]) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        for name, value in settings.items():
+            # ALTER SYSTEM takes no parameters; names are identifiers, values literals.
+            literal = value.replace("'", "''")
+            await conn.execute(f"ALTER SYSTEM SET \"{name}\" = '{literal}'")
+    finally:
+        await conn.close()
+
+
+def quarter_of_memory() -> str:
+    """A quarter of physical memory, the usual shared_buffers for a dedicated server."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return f"{total // 4 // 2**20}MB"
 
 
 @contextmanager
