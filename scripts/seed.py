@@ -190,7 +190,13 @@ async def seed(dsn: str, tasks: int, users: int, vocabulary_size: int = 30_000) 
     print(f"text: {time.perf_counter() - began:.0f} s", flush=True)
 
     began = time.perf_counter()
-    await conn.execute("DROP INDEX IF EXISTS tasks_embedding")
+    # The HNSW indexes are rebuilt after the load exactly as the migrations defined them.
+    hnsw = await conn.fetch(
+        "SELECT indexname, indexdef FROM pg_indexes "
+        "WHERE tablename = 'tasks' AND indexdef LIKE '%USING hnsw%'"
+    )
+    for index in hnsw:
+        await conn.execute(f'DROP INDEX "{index["indexname"]}"')
     with multiprocessing.get_context("fork").Pool(2) as pool:
         after = 0
         while True:
@@ -230,12 +236,9 @@ async def seed(dsn: str, tasks: int, users: int, vocabulary_size: int = 30_000) 
     print(f"tasks with embeddings: {time.perf_counter() - began:.0f} s", flush=True)
 
     began = time.perf_counter()
-    await conn.execute("SET maintenance_work_mem = '2GB'")
-    await conn.execute(
-        "CREATE INDEX tasks_embedding ON tasks USING hnsw (embedding vector_cosine_ops) "
-        "WITH (m = 16, ef_construction = 64)",
-        timeout=LONG,
-    )
+    await conn.execute("SET maintenance_work_mem = '3GB'")
+    for index in hnsw:
+        await conn.execute(index["indexdef"], timeout=LONG)
     print(f"HNSW index: {time.perf_counter() - began:.0f} s", flush=True)
     began = time.perf_counter()
     await conn.execute("VACUUM ANALYZE tasks", timeout=LONG)
