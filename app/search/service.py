@@ -63,15 +63,19 @@ SELECT set_config('hnsw.ef_search', $1, true),
        set_config('hnsw.iterative_scan', 'relaxed_order', true),
        set_config('enable_sort', 'off', true)
 """
+# The nearest ids first, their titles and snippets after: a projection below the sort
+# would cut a snippet from every row the scan reads, not only from the LIMIT kept.
 SEMANTIC = """
-SELECT * FROM (
-    SELECT t.id, t.title, left(t.body, 160) AS snippet, 1 - (t.embedding <=> $2) AS score
+SELECT t.id, t.title, left(t.body, 160) AS snippet, nearest.score
+FROM (
+    SELECT t.id, 1 - (t.embedding <=> $2) AS score
     FROM tasks t
     WHERE t.user_id = $1 AND t.embedding IS NOT NULL
     ORDER BY {nearest_first}
     LIMIT $3
 ) AS nearest
-ORDER BY score DESC, id
+JOIN tasks t ON t.id = nearest.id
+ORDER BY nearest.score DESC, t.id
 """
 # Each side ranks its own top candidates; the FULL JOIN fuses them.
 HYBRID = """
@@ -108,15 +112,16 @@ LIMIT $7
 # from a join: the index can order by distance to a value, not to a column of another row.
 SIMILAR = """
 WITH source AS (SELECT embedding FROM tasks WHERE user_id = $1 AND id = $2)
-SELECT * FROM (
-    SELECT t.id, t.title, left(t.body, 160) AS snippet,
-           1 - (t.embedding <=> (SELECT embedding FROM source)) AS score
+SELECT t.id, t.title, left(t.body, 160) AS snippet, nearest.score
+FROM (
+    SELECT t.id, 1 - (t.embedding <=> (SELECT embedding FROM source)) AS score
     FROM tasks t
     WHERE t.user_id = $1 AND t.id <> $2 AND t.embedding IS NOT NULL
     ORDER BY {nearest_first}
     LIMIT $3
 ) AS nearest
-ORDER BY score DESC, id
+JOIN tasks t ON t.id = nearest.id
+ORDER BY nearest.score DESC, t.id
 """
 OWNS_TASK = "SELECT embedding IS NOT NULL FROM tasks WHERE user_id = $1 AND id = $2"
 SET_EMBEDDING = """
