@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncpg
 import httpx
 import pytest
 
+from app.search import service as sql
 from app.search.embedder import DIMENSIONS, HashingEmbedder
 from tests.auth_helpers import new_user
 from tests.search_helpers import CORPUS, add_tasks, embed_all, search, titles
@@ -99,6 +101,34 @@ async def test_users_only_find_their_own_tasks(
     assert await search(client, bob, "invoice budget quarterly", mode) == []
     mine = (await client.get("/api/tasks", headers=alice)).json()["items"][0]["id"]
     assert (await client.get(f"/api/tasks/{mine}/similar", headers=bob)).status_code == 404
+
+
+async def test_full_text_finds_the_users_matches_in_one_index(
+    client: httpx.AsyncClient, db_conn: asyncpg.Connection
+) -> None:
+    """A busy account and a common word: the (user_id, search_vector) GIN index answers
+    both conditions at once, instead of a BitmapAnd with a bitmap of all the user's rows."""
+    await new_user(client, "busy@example.com")
+    busy = await db_conn.fetchval("SELECT id FROM users WHERE email = 'busy@example.com'")
+    await db_conn.execute(
+        "INSERT INTO tasks (user_id, title, body) "
+        "SELECT $1, 'chore ' || n, CASE WHEN n % 10 = 0 THEN 'budget' ELSE 'lawn' END "
+        "FROM generate_series(1, 20000) AS n",
+        busy,
+    )
+    await db_conn.execute("ANALYZE tasks")
+    lang = sql.lang_literal("english")
+    statement = sql.FULLTEXT.format(lang=lang, snippet=sql.SNIPPET.format(lang=lang))
+    async with db_conn.transaction():
+        # The account owns nearly every row here, where reading the table would win.
+        await db_conn.execute("SET LOCAL enable_seqscan = off")
+        rows = await db_conn.fetch("EXPLAIN " + statement, busy, "budget", 20)
+    plan = "\n".join(row[0] for row in rows)
+    assert "BitmapAnd" not in plan, plan
+    assert "tasks_user_search" in plan, plan
+    scan = plan.split("Bitmap Index Scan on tasks_user_search")[1]
+    assert "user_id = " in scan, plan
+    assert "search_vector @@" in scan, plan
 
 
 @pytest.mark.parametrize(
