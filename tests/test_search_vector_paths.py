@@ -3,6 +3,7 @@ HNSW index for a large user. Both give the same answers; each plan is the one in
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 import asyncpg
@@ -76,8 +77,11 @@ async def test_a_small_users_nearest_tasks_come_from_an_exact_scan(
     await add_tasks(client, bob, CORPUS[: LARGE - 1])
     for name, plan in (await plans(client, await user_id(db_conn, "bob@example.com"))).items():
         assert "tasks_embedding" not in plan, (name, plan)
-        # The user's rows, through either index that leads with user_id.
-        assert "tasks_user_created" in plan or "tasks_user_search" in plan, (name, plan)
+        # Ordered by the similarity, which no index serves: a sort of the user's rows.
+        assert re.search(r"Sort Key: \(\('1'::double precision - \(t(_\d)?\.embedding <=>", plan), (
+            name,
+            plan,
+        )
 
 
 @pytest.mark.parametrize("mode", ["semantic", "hybrid"])
@@ -119,6 +123,30 @@ async def test_the_index_path_only_finds_the_callers_tasks(
     hits = await search(client, bob, "quarterly invoice budget", mode)
     assert hits
     assert all(str(hit["title"]).startswith("Bob's chore") for hit in hits)
+
+
+async def test_the_exact_path_reads_the_users_vectors_from_the_covering_index(
+    client: httpx.AsyncClient, db_conn: asyncpg.Connection
+) -> None:
+    """tasks_user_vectors holds id and embedding, so the exact path never visits the heap,
+    where a user's rows lie one per page between everybody else's."""
+    app = the_app(client)
+    app.state.settings = app.state.settings.model_copy(update={"search_exact_scan_below": 10**6})
+    await new_user(client, "busy@example.com")
+    await new_user(client, "crowd@example.com")
+    # Everybody else's rows need no vectors to make the heap the long way round (and an
+    # HNSW insert per row would make this test slow).
+    await db_conn.execute(
+        "INSERT INTO tasks (user_id, title, embedding, embedded_at) "
+        "SELECT u.id, 'chore ' || n, "
+        "       CASE WHEN u.email = 'busy@example.com' "
+        "            THEN array_fill(0.0625::real, ARRAY[256])::vector END, now() "
+        "FROM users u, generate_series(1, 20000) AS n "
+        "WHERE u.email = 'crowd@example.com' OR (u.email = 'busy@example.com' AND n <= 1000)"
+    )
+    await db_conn.execute("VACUUM ANALYZE tasks")  # index-only scans need the visibility map
+    for name, plan in (await plans(client, await user_id(db_conn, "busy@example.com"))).items():
+        assert "Index Only Scan using tasks_user_vectors" in plan, (name, plan)
 
 
 async def test_which_path_a_user_takes_is_cached(

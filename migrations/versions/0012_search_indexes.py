@@ -15,8 +15,14 @@
   (docs/benchmarks.md). It takes about 3x longer to build, and builds fast only while the
   graph fits in maintenance_work_mem (~1.6 GB at a million rows; the server's setting
   applies here — raise it for the migration's session on a big table).
+- tasks_user_vectors, a btree on user_id that carries id and embedding (INCLUDE), for
+  the exact vector path of accounts below SEARCH_EXACT_SCAN_BELOW: an index-only scan
+  reads a user's vectors side by side in the index's leaf pages, where the heap holds
+  them one per page between everybody else's rows (10.5 ms -> 2.5 ms for a 5,100-task
+  account at 1M tasks). The price: ~1.3 KB per task (1.3 GB at 1M) and one more index
+  entry per embedding written.
 
-Both are plain CREATE INDEX: the migration runs in one transaction, and the builds block
+All are plain CREATE INDEX: the migration runs in one transaction, and the builds block
 writes to tasks while they run (minutes at a million rows). On a large live table, build
 them first by hand with CREATE INDEX CONCURRENTLY and the same definition — the migration
 then finds them (IF NOT EXISTS) and only drops the old ones.
@@ -40,6 +46,9 @@ def upgrade() -> None:
         "CREATE INDEX IF NOT EXISTS tasks_user_search ON tasks USING gin (user_id, search_vector)"
     )
     op.execute("DROP INDEX IF EXISTS tasks_search")
+    op.execute(
+        "CREATE INDEX IF NOT EXISTS tasks_user_vectors ON tasks (user_id) INCLUDE (id, embedding)"
+    )
     op.execute("""
     CREATE INDEX IF NOT EXISTS tasks_embedding_hnsw ON tasks
     USING hnsw (embedding vector_cosine_ops) WITH (m = 24, ef_construction = 128)
@@ -53,6 +62,7 @@ def downgrade() -> None:
     WITH (m = 16, ef_construction = 64)
     """)
     op.execute("DROP INDEX tasks_embedding_hnsw")
+    op.execute("DROP INDEX tasks_user_vectors")
     op.execute("CREATE INDEX tasks_search ON tasks USING gin (search_vector)")
     op.execute("DROP INDEX tasks_user_search")
     op.execute("DROP EXTENSION btree_gin")
