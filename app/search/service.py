@@ -77,7 +77,8 @@ FROM (
 JOIN tasks t ON t.id = nearest.id
 ORDER BY nearest.score DESC, t.id
 """
-# Each side ranks its own top candidates; the FULL JOIN fuses them.
+# Each side ranks its own top candidates; the FULL JOIN fuses them; titles and snippets
+# are read for the fused top `limit` only.
 HYBRID = """
 WITH q AS (SELECT websearch_to_tsquery({lang}, $2) AS tsq),
 text_hits AS (
@@ -102,11 +103,12 @@ fused AS (
     SELECT coalesce(x.id, v.id) AS id,
            coalesce($5 / (60.0 + x.rank), 0) + coalesce($6 / (60.0 + v.rank), 0) AS score
     FROM text_hits x FULL JOIN vector_hits v ON v.id = x.id
+    ORDER BY score DESC, id DESC
+    LIMIT $7
 )
 SELECT t.id, t.title, left(t.body, 160) AS snippet, f.score
 FROM fused f JOIN tasks t ON t.id = f.id
 ORDER BY f.score DESC, t.id DESC
-LIMIT $7
 """
 # The source's vector comes from a scalar subquery (computed once, before the scan), not
 # from a join: the index can order by distance to a value, not to a column of another row.
