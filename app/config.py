@@ -195,6 +195,12 @@ class Settings(BaseSettings):
         description="Users with fewer tasks get exact vector search (a scan of their own "
         "rows) instead of HNSW; 0: always HNSW.",
     )
+    search_hybrid_exact_scan_below: int = Field(
+        30_000,
+        ge=0,
+        description="The same for the vector half of mode=hybrid, which asks for more "
+        "candidates (an index walk costs more per candidate, an exact scan does not).",
+    )
     search_size_cache_seconds: float = Field(
         300,
         gt=0,

@@ -19,11 +19,12 @@ from tests.auth_helpers import new_user
 from tests.search_helpers import CORPUS, add_tasks, search
 
 LARGE = 4  # SEARCH_EXACT_SCAN_BELOW here: the corpus (6 tasks) makes its owner a large user
+EXACT_FOR_ALL = {"search_exact_scan_below": 10**6, "search_hybrid_exact_scan_below": 10**6}
 
 
 @pytest.fixture
 def settings(make_settings: Callable[..., Settings]) -> Settings:
-    return make_settings(search_exact_scan_below=LARGE)
+    return make_settings(search_exact_scan_below=LARGE, search_hybrid_exact_scan_below=LARGE)
 
 
 @pytest.fixture
@@ -56,7 +57,10 @@ async def plans(client: httpx.AsyncClient, owner: int) -> dict[str, str]:
             "similar": ("(SELECT embedding FROM source)", sql.SIMILAR, (owner, any_task, 10)),
         }
         for name, (vector_sql, statement, args) in statements.items():
-            async with sql.nearest_first(conn, settings, owner, vector_sql) as order:
+            exact_below = settings.search_hybrid_exact_scan_below if name == "hybrid" else None
+            async with sql.nearest_first(
+                conn, settings, owner, vector_sql, exact_below=exact_below
+            ) as order:
                 text = statement.format(lang=lang, nearest_first=order)
                 rows = await conn.fetch("EXPLAIN " + text, *args)
             explained[name] = "\n".join(row[0] for row in rows)
@@ -68,6 +72,18 @@ async def test_a_large_users_nearest_tasks_come_from_the_hnsw_index(
 ) -> None:
     for name, plan in (await plans(client, await user_id(db_conn, "alice@example.com"))).items():
         assert "Index Scan using tasks_embedding" in plan, (name, plan)
+
+
+async def test_hybrid_keeps_the_exact_path_up_to_its_own_threshold(
+    client: httpx.AsyncClient, alice: dict[str, str], db_conn: asyncpg.Connection
+) -> None:
+    app = the_app(client)
+    app.state.settings = app.state.settings.model_copy(
+        update={"search_hybrid_exact_scan_below": 1000}
+    )
+    explained = await plans(client, await user_id(db_conn, "alice@example.com"))
+    assert "tasks_embedding" not in explained["hybrid"], explained["hybrid"]
+    assert "Index Scan using tasks_embedding" in explained["semantic"], explained["semantic"]
 
 
 async def test_a_small_users_nearest_tasks_come_from_an_exact_scan(
@@ -90,7 +106,7 @@ async def test_both_paths_find_the_same_tasks(
 ) -> None:
     app = the_app(client)
     through_index = [hit["id"] for hit in await search(client, alice, "quarterly budget", mode)]
-    app.state.settings = app.state.settings.model_copy(update={"search_exact_scan_below": 1000})
+    app.state.settings = app.state.settings.model_copy(update=EXACT_FOR_ALL)
     exact = [hit["id"] for hit in await search(client, alice, "quarterly budget", mode)]
     assert exact
     assert through_index == exact
@@ -108,7 +124,7 @@ async def test_similar_is_the_same_on_both_paths(
         return [hit["id"] for hit in response.json()["items"]]
 
     through_index = await similar()
-    app.state.settings = app.state.settings.model_copy(update={"search_exact_scan_below": 1000})
+    app.state.settings = app.state.settings.model_copy(update=EXACT_FOR_ALL)
     assert through_index == await similar()
     assert first["id"] not in through_index
     assert len(through_index) == len(CORPUS) - 1
@@ -131,7 +147,7 @@ async def test_the_exact_path_reads_the_users_vectors_from_the_covering_index(
     """tasks_user_vectors holds id and embedding, so the exact path never visits the heap,
     where a user's rows lie one per page between everybody else's."""
     app = the_app(client)
-    app.state.settings = app.state.settings.model_copy(update={"search_exact_scan_below": 10**6})
+    app.state.settings = app.state.settings.model_copy(update=EXACT_FOR_ALL)
     await new_user(client, "busy@example.com")
     await new_user(client, "crowd@example.com")
     # Everybody else's rows need no vectors to make the heap the long way round (and an
@@ -165,5 +181,5 @@ async def test_which_path_a_user_takes_is_cached(
         assert not await sql.takes_index(conn, settings, bob)  # the cached answer
         assert await cache.delete(f"search:large:{LARGE}:{bob}")
         assert await sql.takes_index(conn, settings, bob)  # counted again
-        raised = settings.model_copy(update={"search_exact_scan_below": 1000})
+        raised = settings.model_copy(update=EXACT_FOR_ALL)
         assert not await sql.takes_index(conn, raised, bob)  # another threshold, another key

@@ -180,7 +180,10 @@ async def search_hybrid(
     vector_weight: float = 1.0,
 ) -> list[Record]:
     lang = lang_literal(settings.search_language)
-    async with nearest_first(conn, settings, user_id, "$3") as order:
+    # Its vector half wants 40+ candidates: a filtered index walk costs more per candidate,
+    # the exact scan the same for any number, so it keeps the exact path longer.
+    threshold = settings.search_hybrid_exact_scan_below
+    async with nearest_first(conn, settings, user_id, "$3", exact_below=threshold) as order:
         return await conn.fetch(
             HYBRID.format(lang=lang, nearest_first=order),
             user_id,
@@ -202,16 +205,23 @@ async def similar_tasks(
 
 @asynccontextmanager
 async def nearest_first(
-    conn: Connection, settings: Settings, user_id: int, vector: str
+    conn: Connection,
+    settings: Settings,
+    user_id: int,
+    vector: str,
+    *,
+    exact_below: int | None = None,
 ) -> AsyncIterator[str]:
     """The ORDER BY that finds the caller's nearest tasks: exact, or through HNSW.
 
-    Below ``search_exact_scan_below`` tasks, reading all of the caller's rows and sorting
-    them is exact, and cheaper than an HNSW scan that steps over everybody else's rows
-    (measured crossover: docs/search.md); above it, the index (``takes_index``). The index
-    path runs in a transaction, for its per-transaction settings; the exact path needs none.
+    Below ``exact_below`` (default ``search_exact_scan_below``) tasks, reading all of the
+    caller's vectors and sorting them is exact, and cheaper than an HNSW scan that steps
+    over everybody else's rows (measured crossover: docs/search.md); above it, the index
+    (``takes_index``). The index path runs in a transaction, for its per-transaction
+    settings; the exact path needs none.
     """
-    if not await takes_index(conn, settings, user_id):
+    threshold = settings.search_exact_scan_below if exact_below is None else exact_below
+    if not await takes_index(conn, settings, user_id, threshold):
         yield BY_SIMILARITY.format(vector=vector)
         return
     async with conn.transaction():
@@ -223,15 +233,18 @@ async def nearest_first(
         yield BY_DISTANCE.format(vector=vector)
 
 
-async def takes_index(conn: Connection, settings: Settings, user_id: int) -> bool:
-    """Whether the caller has at least ``search_exact_scan_below`` tasks.
+async def takes_index(
+    conn: Connection, settings: Settings, user_id: int, threshold: int | None = None
+) -> bool:
+    """Whether the caller has at least ``threshold`` (``search_exact_scan_below``) tasks.
 
     Counting stops at the threshold (an index-only scan of at most that many entries), but
     that is still up to a millisecond for a large account, on every vector query; the
     answer is cached for SEARCH_SIZE_CACHE_SECONDS (a user crossing the threshold switches
     paths that much later: both paths answer correctly, only their cost differs).
     """
-    threshold = settings.search_exact_scan_below
+    if threshold is None:
+        threshold = settings.search_exact_scan_below
     if not threshold:
         return True
     key = f"search:large:{threshold}:{user_id}"  # a new threshold asks anew
