@@ -20,9 +20,9 @@ Text is generated server-side, in SQL, into an unlogged staging table (a million
 in ~15 s here); embeddings are computed with the hashing embedder in two
 processes, and the tasks are COPied into ``tasks`` with their embeddings in one pass (an
 UPDATE of every row afterwards would leave the table half dead tuples, which would slow
-every sequential scan — including the ILIKE the benchmark compares against). The HNSW
-index is dropped for the load and built once at the end. ``setseed`` makes the text the
-same on every run.
+every sequential scan — including the ILIKE the benchmark compares against). The indexes
+on embeddings are dropped for the load and built once at the end. ``setseed`` makes the
+text the same on every run.
 """
 
 from __future__ import annotations
@@ -190,12 +190,13 @@ async def seed(dsn: str, tasks: int, users: int, vocabulary_size: int = 30_000) 
     print(f"text: {time.perf_counter() - began:.0f} s", flush=True)
 
     began = time.perf_counter()
-    # The HNSW indexes are rebuilt after the load exactly as the migrations defined them.
-    hnsw = await conn.fetch(
+    # The indexes on embeddings (HNSW, the covering btree) are built once after the load,
+    # exactly as the migrations defined them: cheaper than a million inserts into each.
+    vector_indexes = await conn.fetch(
         "SELECT indexname, indexdef FROM pg_indexes "
-        "WHERE tablename = 'tasks' AND indexdef LIKE '%USING hnsw%'"
+        "WHERE tablename = 'tasks' AND indexdef LIKE '%embedding%'"
     )
-    for index in hnsw:
+    for index in vector_indexes:
         await conn.execute(f'DROP INDEX "{index["indexname"]}"')
     with multiprocessing.get_context("fork").Pool(2) as pool:
         after = 0
@@ -237,9 +238,9 @@ async def seed(dsn: str, tasks: int, users: int, vocabulary_size: int = 30_000) 
 
     began = time.perf_counter()
     await conn.execute("SET maintenance_work_mem = '3GB'")
-    for index in hnsw:
+    for index in vector_indexes:
         await conn.execute(index["indexdef"], timeout=LONG)
-    print(f"HNSW index: {time.perf_counter() - began:.0f} s", flush=True)
+    print(f"vector indexes: {time.perf_counter() - began:.0f} s", flush=True)
     began = time.perf_counter()
     await conn.execute("VACUUM ANALYZE tasks", timeout=LONG)
     print(f"vacuum: {time.perf_counter() - began:.0f} s", flush=True)
