@@ -151,6 +151,11 @@ def worker(
         try:
             await runner.run()
         finally:
+            # Jobs may have started the cache (the purge job does, lazily): close its
+            # listener and connections before the database they came from.
+            from app.cache import cache
+
+            await cache.stop()
             set_database(None)
             await db.close()
 
