@@ -24,8 +24,9 @@
 
 All are plain CREATE INDEX: the migration runs in one transaction, and the builds block
 writes to tasks while they run (minutes at a million rows). On a large live table, build
-them first by hand with CREATE INDEX CONCURRENTLY and the same definition — the migration
-then finds them (IF NOT EXISTS) and only drops the old ones.
+them first by hand (CREATE EXTENSION btree_gin, then each CREATE INDEX CONCURRENTLY with
+the same name and definition) — the migration then finds them (IF NOT EXISTS) and only
+drops the old ones.
 
 Revision ID: 0012
 Revises: 0011
