@@ -71,7 +71,7 @@ ORDER BY score DESC, t.created_at DESC LIMIT 20
 """
 # The exact references: what you write without a vector index. They order by the
 # similarity, which no vector index serves, so the planner reads the rows (the user's
-# through tasks_user_created, or all of them in parallel) and keeps the top 10 in a heap
+# through tasks_user_vectors, or all of them in parallel) and keeps the top 10 in a heap
 # sort whatever plan it cached. (Toggling enable_indexscan instead is not safe with
 # prepared statements: a generic plan made under one setting is reused under the other.)
 EXACT_USER = """

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncpg
 import httpx
 from fastapi import FastAPI
 
@@ -44,3 +45,7 @@ async def search(
 
 def titles(hits: list[dict[str, object]]) -> list[object]:
     return [hit["title"] for hit in hits]
+
+
+async def user_id(db_conn: asyncpg.Connection, email: str) -> int:
+    return await db_conn.fetchval("SELECT id FROM users WHERE email = $1", email)  # type: ignore[no-any-return]

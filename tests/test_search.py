@@ -9,7 +9,7 @@ import pytest
 from app.search import service as sql
 from app.search.embedder import DIMENSIONS, HashingEmbedder
 from tests.auth_helpers import new_user
-from tests.search_helpers import CORPUS, add_tasks, embed_all, search, titles
+from tests.search_helpers import CORPUS, add_tasks, embed_all, search, titles, user_id
 
 
 @pytest.fixture
@@ -110,7 +110,7 @@ async def test_full_text_finds_the_users_matches_in_one_index(
     both conditions at once, instead of a BitmapAnd with a bitmap of all the user's rows."""
     await new_user(client, "busy@example.com")
     await new_user(client, "crowd@example.com")
-    busy = await db_conn.fetchval("SELECT id FROM users WHERE email = 'busy@example.com'")
+    busy = await user_id(db_conn, "busy@example.com")
     # 2,000 tasks of the busy account among 20,000; one in a hundred mentions the word.
     await db_conn.execute(
         "INSERT INTO tasks (user_id, title, body) "

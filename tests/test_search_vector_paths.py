@@ -16,7 +16,7 @@ from app.config import Settings
 from app.search import service as sql
 from app.search.embedder import HashingEmbedder
 from tests.auth_helpers import new_user
-from tests.search_helpers import CORPUS, add_tasks, search
+from tests.search_helpers import CORPUS, add_tasks, search, user_id
 
 LARGE = 4  # SEARCH_EXACT_SCAN_BELOW here: the corpus (6 tasks) makes its owner a large user
 EXACT_FOR_ALL = {"search_exact_scan_below": 10**6, "search_hybrid_exact_scan_below": 10**6}
@@ -36,10 +36,6 @@ async def alice(client: httpx.AsyncClient) -> dict[str, str]:
 
 def the_app(client: httpx.AsyncClient) -> FastAPI:
     return client._transport.app  # type: ignore[attr-defined,no-any-return]
-
-
-async def user_id(db_conn: asyncpg.Connection, email: str) -> int:
-    return await db_conn.fetchval("SELECT id FROM users WHERE email = $1", email)  # type: ignore[no-any-return]
 
 
 async def plans(client: httpx.AsyncClient, owner: int) -> dict[str, str]:
@@ -179,7 +175,7 @@ async def test_which_path_a_user_takes_is_cached(
             [(bob, f"chore {n}") for n in range(LARGE)],
         )
         assert not await sql.takes_index(conn, settings, bob)  # the cached answer
-        assert await cache.delete(f"search:large:{LARGE}:{bob}")
+        assert await cache.delete(sql.size_key(LARGE, bob))
         assert await sql.takes_index(conn, settings, bob)  # counted again
         raised = settings.model_copy(update=EXACT_FOR_ALL)
         assert not await sql.takes_index(conn, raised, bob)  # another threshold, another key

@@ -49,8 +49,8 @@ LIMIT $3
 SET_FUZZY_THRESHOLD = "SELECT set_config('pg_trgm.word_similarity_threshold', $1, true)"
 # The two orders of nearest tasks (see nearest_first). The HNSW index serves only
 # `ORDER BY embedding <=> vector`; ordering by the similarity, 1 - distance, gives the same
-# order but keeps the index out, so the planner reads the caller's rows through
-# tasks_user_created and keeps the top N in a heap sort: an exact answer.
+# order but keeps the index out, so the planner reads the caller's vectors (an index-only
+# scan of tasks_user_vectors) and keeps the top N in a heap sort: an exact answer.
 BY_DISTANCE = "t.embedding <=> {vector}"
 BY_SIMILARITY = "1 - (t.embedding <=> {vector}) DESC, t.id"
 COUNT_UP_TO = "SELECT count(*) FROM (SELECT FROM tasks WHERE user_id = $1 LIMIT $2) AS mine"
@@ -233,6 +233,11 @@ async def nearest_first(
         yield BY_DISTANCE.format(vector=vector)
 
 
+def size_key(threshold: int, user_id: int) -> str:
+    """The cache key of ``takes_index``'s answer (a new threshold asks anew)."""
+    return f"search:large:{threshold}:{user_id}"
+
+
 async def takes_index(
     conn: Connection, settings: Settings, user_id: int, threshold: int | None = None
 ) -> bool:
@@ -247,7 +252,7 @@ async def takes_index(
         threshold = settings.search_exact_scan_below
     if not threshold:
         return True
-    key = f"search:large:{threshold}:{user_id}"  # a new threshold asks anew
+    key = size_key(threshold, user_id)
     known = await cache.get(key)
     if isinstance(known, bool):
         return known
