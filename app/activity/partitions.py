@@ -1,7 +1,7 @@
 """Partition maintenance for activity_logs, without pg_partman.
 
-``maintain()`` is idempotent and safe to run from any number of instances at once: the
-first takes a session advisory lock and the others return at once. In order it
+``maintain()`` is idempotent and safe to run from any number of instances at once. In
+order it
 
 1. makes the partitions for the current period and PREMAKE periods ahead,
 2. moves rows that landed in the DEFAULT partition into proper partitions (rows of a
@@ -10,18 +10,33 @@ first takes a session advisory lock and the others return at once. In order it
    signal),
 3. retires partitions whose whole range is older than the retention: DETACH, then DROP.
 
+It keeps no session state, so it runs unchanged behind PgBouncer in transaction mode
+(``DB_POOL_MODE=pgbouncer``), where consecutive transactions of one client may run on
+different server connections and a session's SETs and locks would stay behind on a server
+connection another client gets next. Every step is one short transaction that first takes
+a transaction-scoped advisory lock with try semantics (``pg_try_advisory_xact_lock``) and
+sets ``lock_timeout`` for itself only (``set_config(..., true)``, i.e. SET LOCAL); COMMIT
+or ROLLBACK releases both. A run that finds the lock taken on its first step returns
+``ran=False`` at once; one that loses it later stops there, since the holder is in the
+middle of its own full pass. Each step re-reads the catalog under the lock, so steps of
+two runs may interleave but never repeat or undo each other's work.
+
 Every partition is created as a plain table and ATTACHed, in one transaction with the rows
 it takes over from DEFAULT. ATTACH takes SHARE UPDATE EXCLUSIVE on the parent, which
 blocks neither reads nor writes (CREATE TABLE ... PARTITION OF would take ACCESS
 EXCLUSIVE). Retiring uses a plain DETACH: PostgreSQL refuses DETACH ... CONCURRENTLY on a
 table with a DEFAULT partition. Its ACCESS EXCLUSIVE lock on the parent lasts a catalog
 update (milliseconds), and ``lock_timeout`` makes it give up — and retry on the next run —
-rather than queue behind a long query and stall every write behind it.
+rather than queue behind a long query and stall every write behind it. Locks taken by
+ATTACH and DETACH last until COMMIT, which is why the pass is not one transaction: one
+partition's DETACH would then block every write until the whole pass had finished.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Literal
@@ -49,6 +64,10 @@ FROM pg_inherits i
 JOIN pg_class c ON c.oid = i.inhrelid
 WHERE i.inhparent = 'activity_logs'::regclass
 """
+# Both end with the step's transaction, so nothing outlives it on a pooled server
+# connection (see the module docstring).
+TRY_LOCK = "SELECT pg_try_advisory_xact_lock($1)"
+SET_LOCK_TIMEOUT = "SELECT set_config('lock_timeout', $1, true)"
 DEFAULT_PERIODS = """
 SELECT DISTINCT date_trunc($1, created_at AT TIME ZONE 'UTC') AS period
 FROM activity_logs_default
@@ -96,29 +115,45 @@ async def maintain(
     now: datetime | None = None,
     lock_timeout_ms: int = 2_000,
 ) -> MaintenanceReport:
-    """Run one maintenance pass; see the module docstring."""
+    """Run one maintenance pass; see the module docstring.
+
+    ``ran`` is False when another run held the lock at this run's first step (nothing was
+    done). A run that loses the lock later returns what it did up to then.
+    """
     now = now or datetime.now(UTC)
     current = period_start(now, interval)
     oldest_kept = shift(current, interval, -retention)
+    report = MaintenanceReport()
+    try:
+        await _ensure_partition(db, current, interval, report, lock_timeout_ms)
+    except _LockTaken:
+        return MaintenanceReport(ran=False)
+    try:
+        for offset in range(1, premake + 1):
+            start = shift(current, interval, offset)
+            await _ensure_partition(db, start, interval, report, lock_timeout_ms)
+        horizon = shift(current, interval, premake + 1)
+        await _drain_default(db, interval, oldest_kept, horizon, report, lock_timeout_ms)
+        await _retire(db, oldest_kept, report, lock_timeout_ms)
+    except _LockTaken:
+        log.info("activity: another run took the maintenance lock; it finishes the pass")
     async with db.acquire() as conn:
-        if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", MAINTENANCE_LOCK_KEY):
-            return MaintenanceReport(ran=False)
-        try:
-            await conn.execute(f"SET lock_timeout = {int(lock_timeout_ms)}")
-            report = MaintenanceReport()
-            for offset in range(premake + 1):
-                await _ensure_partition(conn, shift(current, interval, offset), interval, report)
-            await _drain_default(
-                conn, interval, oldest_kept, shift(current, interval, premake + 1), report
-            )
-            await _retire(conn, interval, oldest_kept, report)
-            report.default_rows_left = await conn.fetchval(
-                f"SELECT count(*) FROM {DEFAULT_PARTITION}"
-            )
-            return report
-        finally:
-            await conn.execute("RESET lock_timeout")
-            await conn.execute("SELECT pg_advisory_unlock($1)", MAINTENANCE_LOCK_KEY)
+        report.default_rows_left = await conn.fetchval(f"SELECT count(*) FROM {DEFAULT_PARTITION}")
+    return report
+
+
+class _LockTaken(Exception):
+    """Another run holds the maintenance lock."""
+
+
+@asynccontextmanager
+async def _step(db: Database, lock_timeout_ms: int) -> AsyncIterator[Connection]:
+    """One transaction holding the maintenance lock; raises _LockTaken instead of waiting."""
+    async with db.transaction() as conn:
+        if not await conn.fetchval(TRY_LOCK, MAINTENANCE_LOCK_KEY):
+            raise _LockTaken
+        await conn.execute(SET_LOCK_TIMEOUT, f"{int(lock_timeout_ms)}ms")
+        yield conn
 
 
 async def _existing(conn: Connection) -> dict[str, tuple[datetime, datetime] | None]:
@@ -130,16 +165,20 @@ async def _existing(conn: Connection) -> dict[str, tuple[datetime, datetime] | N
 
 
 async def _ensure_partition(
-    conn: Connection, start: datetime, interval: Interval, report: MaintenanceReport
+    db: Database,
+    start: datetime,
+    interval: Interval,
+    report: MaintenanceReport,
+    lock_timeout_ms: int,
 ) -> None:
     name = partition_name(start)
     end = shift(start, interval, 1)
-    for bounds in (await _existing(conn)).values():
-        if bounds is not None and bounds[0] < end and start < bounds[1]:
-            return  # covered (also by a partition made under another interval)
     # Identifiers and literals below are built from dates, never from input.
     try:
-        async with conn.transaction():
+        async with _step(db, lock_timeout_ms) as conn:
+            for bounds in (await _existing(conn)).values():
+                if bounds is not None and bounds[0] < end and start < bounds[1]:
+                    return  # covered (also by a partition made under another interval)
             # Standalone table + ATTACH: SHARE UPDATE EXCLUSIVE on the parent, not ACCESS
             # EXCLUSIVE. The CHECK lets ATTACH skip scanning the new table; rows that wait
             # in DEFAULT for this range move over in the same transaction.
@@ -175,33 +214,44 @@ async def _ensure_partition(
 
 
 async def _drain_default(
-    conn: Connection,
+    db: Database,
     interval: Interval,
     oldest_kept: datetime,
     horizon: datetime,
     report: MaintenanceReport,
+    lock_timeout_ms: int,
 ) -> None:
-    expired = await conn.execute(
-        f"DELETE FROM {DEFAULT_PARTITION} WHERE created_at < $1", oldest_kept
-    )
+    async with _step(db, lock_timeout_ms) as conn:
+        expired = await conn.execute(
+            f"DELETE FROM {DEFAULT_PARTITION} WHERE created_at < $1", oldest_kept
+        )
+        periods = await conn.fetch(DEFAULT_PERIODS, interval)
     report.deleted_rows += int(expired.split()[-1])
-    for row in await conn.fetch(DEFAULT_PERIODS, interval):
+    for row in periods:
         start = row["period"].replace(tzinfo=UTC)  # date_trunc('week') is a Monday, like ours
         if oldest_kept <= start < horizon:
-            await _ensure_partition(conn, start, interval, report)
+            await _ensure_partition(db, start, interval, report, lock_timeout_ms)
 
 
 async def _retire(
-    conn: Connection, interval: Interval, oldest_kept: datetime, report: MaintenanceReport
+    db: Database, oldest_kept: datetime, report: MaintenanceReport, lock_timeout_ms: int
 ) -> None:
-    for name, bounds in sorted((await _existing(conn)).items()):
-        if bounds is None or bounds[1] > oldest_kept:
-            continue
+    async with db.acquire() as conn:
+        partitions = await _existing(conn)
+    expired = sorted(
+        name for name, bounds in partitions.items() if bounds and bounds[1] <= oldest_kept
+    )
+    for name in expired:
         try:
-            await conn.execute(f"ALTER TABLE {PARENT} DETACH PARTITION {name}")
+            # DETACH and DROP in one transaction: a partition is never left detached but
+            # not dropped (the catalog would no longer list it for a later run to retry).
+            async with _step(db, lock_timeout_ms) as conn:
+                if name not in await _existing(conn):
+                    continue  # another run retired it between our steps
+                await conn.execute(f"ALTER TABLE {PARENT} DETACH PARTITION {name}")
+                await conn.execute(f"DROP TABLE {name}")
         except asyncpg.LockNotAvailableError:
             report.skipped.append(name)
             log.warning("activity: lock_timeout detaching %s; will retry next run", name)
             continue
-        await conn.execute(f"DROP TABLE {name}")
         report.retired.append(name)
