@@ -2,6 +2,8 @@
 
 The DSN comes from ``config.attributes["dsn"]`` (app/db/migrate.py) or, for the plain
 alembic CLI, from Settings: DATABASE_DIRECT_URL, DATABASE_URL, else the embedded server.
+Logging is alembic.ini's only for the plain alembic CLI; app/db/migrate.py sets
+``config.attributes["configure_logger"] = False`` and logs through the app's handler.
 """
 
 from __future__ import annotations
@@ -64,6 +66,12 @@ if context.is_offline_mode():
     with context.begin_transaction():
         context.run_migrations()
 else:
-    if config.config_file_name and not logging.getLogger().handlers:
+    # `app migrate` logs through the app's own setup (app/db/migrate.py says so with
+    # configure_logger=False); alembic.ini's format is for the plain alembic CLI only.
+    if (
+        config.attributes.get("configure_logger", True)
+        and config.config_file_name
+        and not logging.getLogger().handlers
+    ):
         fileConfig(config.config_file_name, disable_existing_loggers=False)
     asyncio.run(_run_online())
