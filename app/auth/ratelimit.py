@@ -98,9 +98,22 @@ def create_rate_limiter(settings: Settings, db: Database) -> RateLimiter:
 
 
 def client_ip(request: Request, trusted_header: str | None) -> str:
-    """The client's address: the trusted proxy's header when configured, else the peer."""
+    """The client's address: the trusted proxy's header when configured, else the peer.
+
+    The header is expected to hold one address, set by the proxy itself (Fly's
+    Fly-Client-IP, which a client cannot pass through Fly's edge). For a comma list (an
+    X-Forwarded-For style header) the last entry is taken: the one the trusted proxy
+    appended, where every entry before it came from the client and can be forged. A value
+    that is not an IP address falls back to the peer address: a rate-limit key is always
+    an address, in one canonical spelling.
+    """
+    import ipaddress
+
     if trusted_header:
         value = request.headers.get(trusted_header)
         if value:
-            return value.split(",")[0].strip()[:64]
+            try:
+                return str(ipaddress.ip_address(value.split(",")[-1].strip()))
+            except ValueError:
+                pass
     return request.client.host if request.client else "unknown"
