@@ -2,8 +2,9 @@
 
 Each field maps to the upper-case env var of the same name (``DATABASE_URL``,
 ``CACHE_BACKEND``...). Defaults are safe for development; production refuses to start
-with the development secret or without a database. Flags are read once, when the app or
-a command starts — nothing else in the code looks at the environment.
+with the development secret or without a database. Flags are read once, by
+``load_settings()`` when the app or a command starts, and travel in the services object —
+nothing else in the code looks at the environment.
 
 The ``signal_*`` fields are the thresholds of the scaling signals (docs/signals.md). Their
 defaults come from the staged-scaling checklists the project is built on: common query mean
@@ -14,7 +15,6 @@ defaults come from the staged-scaling checklists the project is built on: common
 
 from __future__ import annotations
 
-from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -111,6 +111,11 @@ class Settings(BaseSettings):
     )
 
     # --- jobs (docs/jobs.md) -------------------------------------------------------------
+    jobs_modules: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated modules whose @job functions every worker runs (your "
+        "own jobs; pgfirst's are always included).",
+    )
     jobs_concurrency: int = Field(10, ge=1, description="Jobs a worker runs at once.")
     jobs_claim_batch: int = Field(100, ge=1, description="Most jobs claimed per statement.")
     jobs_poll_interval: float = Field(
@@ -303,9 +308,9 @@ class Settings(BaseSettings):
         0.5, description="pg_notification_queue_usage() share (pgfirst's own choice)."
     )
 
-    @field_validator("database_replica_urls", mode="before")
+    @field_validator("database_replica_urls", "jobs_modules", mode="before")
     @classmethod
-    def _split_replica_urls(cls, value: object) -> object:
+    def _split_comma_list(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
@@ -353,31 +358,6 @@ def load_settings(**overrides: object) -> Settings:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         raise SettingsError(_describe(exc)) from None
-
-
-_active: Settings | None = None
-
-
-def set_settings(settings: Settings | None) -> None:
-    """Make ``settings`` the process's (the app lifespan does, so that code running in
-    the app — jobs, helpers — sees what ``create_app`` was given, not the environment)."""
-    global _active
-    _active = settings
-
-
-def get_settings() -> Settings:
-    """The process-wide Settings: those the app runs with, else read from the environment."""
-    return _active if _active is not None else _from_environment()
-
-
-@lru_cache(maxsize=1)
-def _from_environment() -> Settings:
-    return load_settings()
-
-
-def forget_settings() -> None:
-    """Drop the Settings read from the environment, so the next call reads it again."""
-    _from_environment.cache_clear()
 
 
 def _describe(exc: ValidationError) -> str:

@@ -29,10 +29,10 @@ def _dsn() -> str:
     dsn = config.attributes.get("dsn")
     if dsn:
         return str(dsn)
-    from app.config import get_settings
+    from app.config import load_settings
     from app.db.urls import resolve_database_url
 
-    settings = get_settings()
+    settings = load_settings()
     return settings.database_direct_url or resolve_database_url(settings)
 
 

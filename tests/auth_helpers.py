@@ -17,7 +17,7 @@ async def deliver_mail(app: object) -> None:
     from app.jobs.worker import Worker
 
     state = app.state  # type: ignore[attr-defined]
-    await Worker(state.db, state.settings, queues=["mail"], burst=True).run()
+    await Worker(state.services.jobs, queues=["mail"], burst=True).run()
 
 
 async def mail_to(email: str, subject_part: str, app: object) -> Message:

@@ -1,12 +1,13 @@
-"""Job kinds used by the job tests, importable by worker subprocesses (--import)."""
+"""Job kinds used by the job tests: JOBS_MODULES / ``--import tests.jobs_fixtures``."""
 
 from __future__ import annotations
 
 import asyncio
 
-from app.db import get_database
+from app.db import Database
 from app.jobs import job
 from app.observability.logging import request_id_var
+from app.services import current_services
 
 RECORD = "INSERT INTO test_job_runs (kind, value, request_id) VALUES ($1, $2, $3)"
 SCHEMA = """
@@ -20,7 +21,7 @@ CREATE TABLE IF NOT EXISTS test_job_runs (
 
 
 async def _record(kind: str, value: object) -> None:
-    db = await get_database()
+    db: Database = current_services.get().db
     async with db.acquire() as conn:
         await conn.execute(RECORD, kind, str(value), request_id_var.get())
 
@@ -32,7 +33,7 @@ async def record_value(value: object = None) -> None:
 
 @job(name="test.unique_run")
 async def unique_run(n: int) -> None:
-    db = await get_database()
+    db: Database = current_services.get().db
     async with db.acquire() as conn:  # a unique index on value catches double runs
         await conn.execute(RECORD, "unique", str(n), None)
 

@@ -21,7 +21,7 @@ CORPUS = [
 async def embed_all(client: httpx.AsyncClient) -> None:
     """Run the queued embedding jobs (tests run no worker inside the app)."""
     app: FastAPI = client._transport.app  # type: ignore[attr-defined]
-    await Worker(app.state.db, app.state.settings, queues=["search"], burst=True).run()
+    await Worker(app.state.services.jobs, queues=["search"], burst=True).run()
 
 
 async def add_tasks(

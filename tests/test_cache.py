@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack
 
 import asyncpg
 import pytest
 
 from app.cache import Cache
 from app.config import Settings
-from app.db import Database
+from app.services import open_services
 from tests.helpers import eventually, flushed_redis, free_port
 
 CacheFactory = Callable[..., Awaitable[Cache]]
@@ -34,21 +35,15 @@ async def backend_settings(
 
 @pytest.fixture
 async def start_cache() -> AsyncIterator[StartCache]:
-    """Start a Cache on its own Database, as a separate process would have them (own L1,
-    own in-flight loads); all are stopped after the test."""
-    opened: list[tuple[Cache, Database]] = []
+    """Open services of their own for each cache, as a separate process would have them
+    (own database pools, notifier, L1 and in-flight loads); all closed after the test."""
+    async with AsyncExitStack() as stack:
 
-    async def start(settings: Settings) -> Cache:
-        db = await Database.connect(settings, settings.database_url)
-        cache = Cache()
-        opened.append((cache, db))
-        await cache.start(settings, db)
-        return cache
+        async def start(settings: Settings) -> Cache:
+            services = await stack.enter_async_context(open_services(settings))
+            return services.cache
 
-    yield start
-    for cache, db in opened:
-        await cache.stop()
-        await db.close()
+        yield start
 
 
 @pytest.fixture

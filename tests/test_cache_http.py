@@ -93,10 +93,10 @@ async def test_the_refresh_job_brings_new_tasks_into_stats(
     assert stale.headers["cache-control"] == "private, max-age=60"
 
     # The periodic job refreshes only once STATS_REFRESH_SECONDS have passed: age the mark.
-    async with app.state.db.acquire() as conn:
+    async with app.state.services.db.acquire() as conn:
         await conn.execute("UPDATE matview_refreshes SET refreshed_at = now() - interval '1 hour'")
     await enqueue("pgfirst.refresh_user_stats", {})
-    await Worker(app.state.db, app.state.settings, burst=True).run()
+    await Worker(app.state.services.jobs, burst=True).run()
 
     fresh = await client.get(
         "/api/stats/me", headers={**alice, "If-None-Match": stale.headers["etag"]}

@@ -13,14 +13,8 @@ runner = CliRunner()
 
 
 def test_db_url_prints_the_configured_database(monkeypatch: pytest.MonkeyPatch) -> None:
-    from app.config import forget_settings
-
     monkeypatch.setenv("DATABASE_URL", "postgresql://user@db.internal/app")
-    forget_settings()
-    try:
-        result = runner.invoke(cli, ["db", "url"])
-    finally:
-        forget_settings()
+    result = runner.invoke(cli, ["db", "url"])
     assert result.exit_code == 0
     assert result.stdout.strip() == "postgresql://user@db.internal/app"
 

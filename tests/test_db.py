@@ -1,11 +1,13 @@
-import asyncio
-
 import asyncpg
 import pytest
 
-import app.db as db_module
-from app.config import Settings, forget_settings
+from app.cache import cache
+from app.config import Settings
+from app.current import ServicesNotOpen
 from app.db import Database
+from app.jobs import enqueue
+from app.pubsub import publish
+from app.services import open_services
 from tests.conftest import database_name
 
 
@@ -87,21 +89,21 @@ async def test_pgbouncer_mode_disables_the_statement_cache(
         await db.close()
 
 
-async def test_script_gets_a_database_lazily_from_settings(
+async def test_a_script_opens_services_from_the_environment(
     monkeypatch: pytest.MonkeyPatch, database_url: str
 ) -> None:
     monkeypatch.setenv("DATABASE_URL", database_url)
     monkeypatch.setenv("ENV", "test")
-    forget_settings()
-    db_module.set_database(None)
-    try:
-        first, second = await asyncio.gather(db_module.get_database(), db_module.get_database())
-        assert first is second
-        async with first.acquire() as conn:
+    async with open_services() as services:
+        async with services.db.acquire() as conn:
             assert await conn.fetchval("SELECT current_database()") == database_name(database_url)
-    finally:
-        await db_module.close_database()
-        forget_settings()
+        assert await enqueue("test.anything", {}) is not None
+    with pytest.raises(ServicesNotOpen, match="open_services"):
+        await enqueue("test.anything", {})
+    with pytest.raises(ServicesNotOpen, match="open_services"):
+        await publish("news", {"n": 1})
+    with pytest.raises(ServicesNotOpen, match="open_services"):
+        await cache.get("key")
 
 
 async def test_after_commit_hooks_run_only_after_commit(database: Database) -> None:

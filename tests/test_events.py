@@ -24,7 +24,7 @@ async def server(app: FastAPI) -> AsyncIterator[str]:
 
 
 async def subscribers(app: FastAPI) -> int:
-    return sum(len(s) for s in app.state.broker.fanout._by_channel.values())
+    return sum(len(s) for s in app.state.services.broker.fanout._by_channel.values())
 
 
 async def test_events_need_authentication(server: str) -> None:

@@ -14,11 +14,12 @@ import pytest
 
 import tests.jobs_fixtures as fixtures
 from app.config import Settings
-from app.db import Database, set_database
-from app.jobs import cancel_job, enqueue, enqueue_many, retry_job
+from app.db import Database
+from app.jobs import Jobs, cancel_job, enqueue, enqueue_many, retry_job
 from app.jobs.worker import CLAIM, Worker
 from app.main import create_app
 from app.observability.logging import request_id_var
+from app.services import Services, open_services
 from tests.helpers import eventually
 
 JOB_SETTINGS = {
@@ -35,14 +36,22 @@ def job_settings(make_settings: Callable[..., Settings]) -> Settings:
 
 
 @pytest.fixture
-async def db(job_settings: Settings) -> AsyncIterator[Database]:
-    database = await Database.connect(job_settings, job_settings.database_url)
-    set_database(database)
-    async with database.acquire() as conn:
-        await conn.execute(fixtures.SCHEMA)
-    yield database
-    set_database(None)
-    await database.close()
+async def services(job_settings: Settings) -> AsyncIterator[Services]:
+    async with open_services(job_settings, job_modules=["tests.jobs_fixtures"]) as opened:
+        async with opened.db.acquire() as conn:
+            await conn.execute(fixtures.SCHEMA)
+        yield opened
+
+
+@pytest.fixture
+def db(services: Services) -> Database:
+    return services.db
+
+
+def worker_for(services: Services, settings: Settings, **options: Any) -> Worker:
+    """A worker on the open services' database and jobs, with its own settings."""
+    jobs = Jobs(services.db, settings, services.jobs.registry, services.notifier)
+    return Worker(jobs, **options)
 
 
 async def runs(db: Database, kind: str) -> list[str]:
@@ -58,12 +67,12 @@ async def job_row(db: Database, job_id: int) -> dict[str, Any]:
     return dict(row)
 
 
-async def drain(db: Database, settings: Settings, concurrency: int | None = None) -> None:
-    await Worker(db, settings, burst=True, concurrency=concurrency).run()
+async def drain(services: Services, concurrency: int | None = None) -> None:
+    await Worker(services.jobs, burst=True, concurrency=concurrency).run()
 
 
 async def test_enqueue_commits_and_rolls_back_with_the_business_write(
-    db: Database, job_settings: Settings
+    db: Database, job_settings: Settings, services: Services
 ) -> None:
     async def enqueue_then_fail() -> None:
         async with db.transaction() as conn:
@@ -74,12 +83,12 @@ async def test_enqueue_commits_and_rolls_back_with_the_business_write(
         await enqueue_then_fail()
     async with db.transaction() as conn:
         await enqueue("test.record", {"value": "kept"}, conn=conn)
-    await drain(db, job_settings)
+    await drain(services)
     assert await runs(db, "record") == ["kept"]
 
 
 async def test_unique_keys_deduplicate_while_unfinished(
-    db: Database, job_settings: Settings
+    db: Database, job_settings: Settings, services: Services
 ) -> None:
     first = await enqueue("test.record", {"value": 1}, unique_key="report:42")
     duplicate = await enqueue("test.record", {"value": 2}, unique_key="report:42")
@@ -93,12 +102,14 @@ async def test_unique_keys_deduplicate_while_unfinished(
     assert ids[0] is not None
     assert ids[1] is None
     assert ids[2] is not None
-    await drain(db, job_settings)
+    await drain(services)
     assert sorted(await runs(db, "record")) == ["1", "3", "5"]
     assert await enqueue("test.record", {"value": 6}, unique_key="report:42") is not None
 
 
-async def test_priority_then_run_at_order(db: Database, job_settings: Settings) -> None:
+async def test_priority_then_run_at_order(
+    db: Database, job_settings: Settings, services: Services
+) -> None:
     from datetime import UTC, datetime, timedelta
 
     now = datetime.now(UTC)
@@ -106,20 +117,20 @@ async def test_priority_then_run_at_order(db: Database, job_settings: Settings) 
     await enqueue("test.record", {"value": "low-new"}, run_at=now - timedelta(seconds=10))
     await enqueue("test.record", {"value": "high"}, priority=10)
     await enqueue("test.record", {"value": "later"}, delay=3600)
-    await drain(db, job_settings, concurrency=1)
+    await drain(services, concurrency=1)
     assert await runs(db, "record") == ["high", "low-old", "low-new"]  # 'later' is not due
 
 
 @pytest.mark.parametrize("pool_mode", ["direct", "pgbouncer"])
 async def test_a_claim_walks_the_claim_index_even_before_analyze(
-    db: Database, make_settings: Callable[..., Settings], pool_mode: str
+    db: Database, make_settings: Callable[..., Settings], pool_mode: str, services: Services
 ) -> None:
     # Right after a burst of enqueues the table's statistics say it is (nearly) empty; a
     # planner left alone then sorts every waiting job on each claim instead of reading
     # the claim index in order and stopping after the batch. Direct: the claim loop's own
     # connection; pgbouncer: a pooled connection in a transaction.
     await enqueue_many("test.record", [{"value": n} for n in range(5000)])
-    worker = Worker(db, make_settings(**JOB_SETTINGS, db_pool_mode=pool_mode))
+    worker = worker_for(services, make_settings(**JOB_SETTINGS, db_pool_mode=pool_mode))
     explain = ("EXPLAIN " + CLAIM, ["default"], 100, 30.0, "w", [])
     if pool_mode == "direct":
         claimer = await worker._claimer()
@@ -135,11 +146,11 @@ async def test_a_claim_walks_the_claim_index_even_before_analyze(
 
 @pytest.mark.parametrize("synchronous", [False, True])
 async def test_worker_bookkeeping_skips_the_wal_flush_unless_configured(
-    db: Database, make_settings: Callable[..., Settings], synchronous: bool
+    db: Database, make_settings: Callable[..., Settings], synchronous: bool, services: Services
 ) -> None:
     # Off by default: a lost claim or completion re-runs a job (at-least-once), never loses one.
     settings = make_settings(**JOB_SETTINGS, jobs_synchronous_commit=synchronous)
-    worker = Worker(db, settings)
+    worker = worker_for(services, settings)
     expected = "on" if synchronous else "off"
     async with db.acquire() as conn:
         await conn.execute("SET synchronous_commit = on")
@@ -158,23 +169,25 @@ async def test_worker_bookkeeping_skips_the_wal_flush_unless_configured(
 
 
 async def test_a_worker_behind_pgbouncer_claims_in_pooled_transactions(
-    db: Database, make_settings: Callable[..., Settings]
+    db: Database, make_settings: Callable[..., Settings], services: Services
 ) -> None:
-    await enqueue_many("test.record", [{"value": n} for n in range(3)])
-    worker = Worker(db, make_settings(**JOB_SETTINGS, db_pool_mode="pgbouncer"), burst=True)
-    await worker.run()
+    # No DATABASE_DIRECT_URL behind the pooler: no LISTEN anywhere, the worker polls.
+    pooled = make_settings(**JOB_SETTINGS, db_pool_mode="pgbouncer")
+    async with open_services(pooled, job_modules=["tests.jobs_fixtures"]) as behind_pooler:
+        assert behind_pooler.notifier.health() == ("polling (no direct URL)", True)
+        await enqueue_many("test.record", [{"value": n} for n in range(3)])
+        await Worker(behind_pooler.jobs, burst=True).run()
     assert sorted(await runs(db, "record")) == ["0", "1", "2"]
-    assert worker._listener is None  # it polled
 
 
 async def test_failures_back_off_then_die_with_every_error_kept(
-    db: Database, job_settings: Settings
+    db: Database, job_settings: Settings, services: Services
 ) -> None:
     job_id = await enqueue("test.fail")
     assert job_id is not None
 
     async def state() -> str:
-        await drain(db, job_settings)
+        await drain(services)
         return str((await job_row(db, job_id))["state"])
 
     await eventually(state, lambda s: s == "dead", within=15, interval=0.05)
@@ -185,31 +198,37 @@ async def test_failures_back_off_then_die_with_every_error_kept(
     assert "Traceback" in row["errors"][0]["traceback"]
 
 
-async def test_a_job_over_its_timeout_fails(db: Database, job_settings: Settings) -> None:
+async def test_a_job_over_its_timeout_fails(
+    db: Database, job_settings: Settings, services: Services
+) -> None:
     job_id = await enqueue("test.slow")
     assert job_id is not None
-    await drain(db, job_settings)
+    await drain(services)
     row = await job_row(db, job_id)
     assert row["state"] == "available"  # retried later
     assert "timed out after 0.3 s" in row["errors"][0]["error"]
 
 
-async def test_cancel_a_waiting_job(db: Database, job_settings: Settings) -> None:
+async def test_cancel_a_waiting_job(
+    db: Database, job_settings: Settings, services: Services
+) -> None:
     job_id = await enqueue("test.record", {"value": "never"})
     assert job_id is not None
     assert await cancel_job(job_id)
-    await drain(db, job_settings)
+    await drain(services)
     assert await runs(db, "record") == []
     assert (await job_row(db, job_id))["state"] == "cancelled"
     assert await retry_job(job_id)  # and bring it back
-    await drain(db, job_settings)
+    await drain(services)
     assert await runs(db, "record") == ["never"]
 
 
-async def test_cancel_stops_a_running_job(db: Database, job_settings: Settings) -> None:
+async def test_cancel_stops_a_running_job(
+    db: Database, job_settings: Settings, services: Services
+) -> None:
     job_id = await enqueue("test.long", {"marker": "c"})
     assert job_id is not None
-    worker = Worker(db, job_settings)
+    worker = Worker(services.jobs)
     task = asyncio.create_task(worker.run())
     await eventually(lambda: runs(db, "long.started"), lambda r: r == ["c"])
     assert await cancel_job(job_id)
@@ -224,10 +243,12 @@ async def _running(worker: Worker) -> int:
     return len(worker._running)
 
 
-async def test_graceful_shutdown_releases_leases(db: Database, job_settings: Settings) -> None:
+async def test_graceful_shutdown_releases_leases(
+    db: Database, job_settings: Settings, services: Services
+) -> None:
     job_id = await enqueue("test.long", {"marker": "s"})
     assert job_id is not None
-    worker = Worker(db, job_settings)
+    worker = Worker(services.jobs)
     task = asyncio.create_task(worker.run())
     await eventually(lambda: runs(db, "long.started"), lambda r: r == ["s"])
     worker.stop()
@@ -238,13 +259,15 @@ async def test_graceful_shutdown_releases_leases(db: Database, job_settings: Set
     assert row["locked_by"] is None
 
 
-async def test_request_id_travels_with_the_job(db: Database, job_settings: Settings) -> None:
+async def test_request_id_travels_with_the_job(
+    db: Database, job_settings: Settings, services: Services
+) -> None:
     token = request_id_var.set("req-from-http")
     try:
         await enqueue("test.record", {"value": "x"})
     finally:
         request_id_var.reset(token)
-    await drain(db, job_settings)
+    await drain(services)
     async with db.acquire() as conn:
         assert (
             await conn.fetchval("SELECT request_id FROM test_job_runs WHERE kind = 'record'")
@@ -253,11 +276,11 @@ async def test_request_id_travels_with_the_job(db: Database, job_settings: Setti
 
 
 async def test_listener_loss_falls_back_to_polling_and_recovers(
-    db: Database, job_settings: Settings
+    db: Database, job_settings: Settings, services: Services
 ) -> None:
-    worker = Worker(db, job_settings)
+    worker = Worker(services.jobs)
     task = asyncio.create_task(worker.run())
-    await eventually(lambda: _listening(worker))
+    await eventually(lambda: _listening(services))
     async with db.acquire() as conn:
         await conn.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
@@ -265,17 +288,19 @@ async def test_listener_loss_falls_back_to_polling_and_recovers(
         )
     await enqueue("test.record", {"value": "while deaf"})
     await eventually(lambda: runs(db, "record"), lambda r: r == ["while deaf"])
-    await eventually(lambda: _listening(worker), within=10)  # the upkeep reconnects it
+    await eventually(lambda: _listening(services), within=10)  # the notifier reconnects
     worker.stop()
     await task
 
 
-async def test_failing_claims_do_not_stop_the_worker(db: Database, job_settings: Settings) -> None:
+async def test_failing_claims_do_not_stop_the_worker(
+    db: Database, job_settings: Settings, services: Services
+) -> None:
     # Claims time out while the jobs table is locked, as they would while the database
     # restarts or fails over; the worker keeps trying and picks up once it is back.
     impatient = job_settings.model_copy(update={"db_command_timeout": 0.3})
     worker_db = await Database.connect(impatient, impatient.database_url)
-    worker = Worker(worker_db, impatient)
+    worker = Worker(Jobs(worker_db, impatient, services.jobs.registry, services.notifier))
     task = asyncio.create_task(worker.run())
     await enqueue("test.record", {"value": "first"})
     await eventually(lambda: runs(db, "record"), lambda r: r == ["first"])
@@ -291,8 +316,8 @@ async def test_failing_claims_do_not_stop_the_worker(db: Database, job_settings:
     await worker_db.close()
 
 
-async def _listening(worker: Worker) -> bool:
-    return worker._listener is not None and not worker._listener.is_closed()
+async def _listening(services: Services) -> bool:
+    return services.notifier.connected
 
 
 # --- real worker processes ---------------------------------------------------------------
@@ -370,9 +395,9 @@ async def test_two_workers_never_run_the_same_job(db: Database, database_url: st
 
 
 async def test_a_lone_burst_worker_runs_due_periodic_jobs(
-    db: Database, job_settings: Settings
+    db: Database, job_settings: Settings, services: Services
 ) -> None:
-    await drain(db, job_settings)
+    await drain(services)
     assert len(await runs(db, "periodic")) == 1
     async with db.acquire() as conn:
         names = {
@@ -405,15 +430,19 @@ async def test_a_periodic_job_runs_once_per_slot_across_workers(
 # --- ops ---------------------------------------------------------------------------------
 
 
-async def test_ops_report_and_actions(make_settings: Callable[..., Settings]) -> None:
-    app = create_app(make_settings(ops_token="ops-secret", **JOB_SETTINGS))
+async def test_ops_report_and_actions(
+    make_settings: Callable[..., Settings], services: Services
+) -> None:
+    app = create_app(
+        make_settings(ops_token="ops-secret", jobs_modules=["tests.jobs_fixtures"], **JOB_SETTINGS)
+    )
     headers = {"Authorization": "Bearer ops-secret"}
     async with app.router.lifespan_context(app):
-        async with app.state.db.acquire() as conn:
+        async with app.state.services.db.acquire() as conn:
             await conn.execute(fixtures.SCHEMA)
         dead = await enqueue("test.fail")
         waiting = await enqueue("test.record", {"value": "w"}, delay=3600)
-        async with app.state.db.acquire() as conn:
+        async with app.state.services.db.acquire() as conn:
             await conn.execute(
                 "UPDATE jobs SET state = 'dead', attempt = 3, finished_at = now(), "
                 'errors = \'[{"error": "boom"}]\' WHERE id = $1',

@@ -26,7 +26,11 @@ def backend(request: pytest.FixtureRequest) -> str:
 async def running_app(
     backend: str, make_settings: Callable[..., Settings], request: pytest.FixtureRequest
 ) -> AsyncIterator[FastAPI]:
-    overrides: dict[str, Any] = {"pubsub_backend": backend, "pubsub_queue_size": 50}
+    overrides: dict[str, Any] = {
+        "pubsub_backend": backend,
+        "pubsub_queue_size": 50,
+        "ops_token": "ops-secret",
+    }
     if backend == "redis":
         overrides["redis_url"] = await flushed_redis(request.getfixturevalue("redis_url"))
     app = create_app(make_settings(**overrides))
@@ -36,7 +40,7 @@ async def running_app(
 
 @pytest.fixture
 def broker(running_app: FastAPI) -> Broker:
-    return running_app.state.broker  # type: ignore[no-any-return]
+    return running_app.state.services.broker  # type: ignore[no-any-return]
 
 
 @pytest.fixture
@@ -77,7 +81,7 @@ async def test_subscribers_only_get_their_channels(broker: Broker, channel: str)
 async def test_publish_in_transaction_is_delivered_on_commit_only(
     running_app: FastAPI, channel: str
 ) -> None:
-    db = running_app.state.db
+    db = running_app.state.services.db
     async with subscribe([channel]) as subscription:
 
         async def publish_then_fail() -> None:
@@ -135,7 +139,7 @@ async def test_slow_subscriber_is_dropped_with_a_reason(broker: Broker, channel:
 
 async def _kill_listener(app: FastAPI, backend: str) -> None:
     if backend == "postgres":
-        async with app.state.db.acquire() as conn:
+        async with app.state.services.db.acquire() as conn:
             killed = await conn.fetchval(
                 """
                 SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
@@ -144,7 +148,7 @@ async def _kill_listener(app: FastAPI, backend: str) -> None:
             )
         assert killed == 1
     else:
-        redis = Redis.from_url(app.state.settings.redis_url)
+        redis = Redis.from_url(app.state.services.settings.redis_url)
         killed = await redis.client_kill_filter(_type="pubsub")
         await redis.aclose()
         assert killed >= 1
@@ -153,7 +157,7 @@ async def _kill_listener(app: FastAPI, backend: str) -> None:
 async def test_listener_loss_loses_and_duplicates_nothing(
     running_app: FastAPI, backend: str, channel: str
 ) -> None:
-    broker: Any = running_app.state.broker
+    broker: Any = running_app.state.services.broker
     async with subscribe([channel]) as subscription:
         await publish(channel, {"n": 0})
         assert (await next_event(subscription)).payload == {"n": 0}
@@ -178,7 +182,7 @@ async def test_readiness_reports_the_listener(running_app: FastAPI) -> None:
 
     transport = httpx.ASGITransport(app=running_app)
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
-        body = (await client.get("/readyz")).json()
+        body = (await client.get("/readyz", headers={"Authorization": "Bearer ops-secret"})).json()
     assert body["checks"]["pubsub"] == "listening"
 
 
@@ -193,12 +197,12 @@ async def test_old_events_are_pruned_from_the_table(
 ) -> None:
     app = create_app(make_settings(pubsub_backend="postgres"))
     async with app.router.lifespan_context(app):
-        db = app.state.db
+        db = app.state.services.db
         await publish(channel, {"n": 1})
         async with db.acquire() as conn:
             await conn.execute("UPDATE events SET created_at = now() - interval '2 days'")
         await publish(channel, {"n": 2})
-        deleted = await app.state.broker.prune(older_than_seconds=86_400)
+        deleted = await app.state.services.broker.prune(older_than_seconds=86_400)
         async with db.acquire() as conn:
             remaining = await conn.fetch("SELECT payload FROM events ORDER BY id")
     assert deleted == 1
@@ -230,5 +234,5 @@ async def test_metrics_show_the_listener_and_subscribers(
         transport = httpx.ASGITransport(app=running_app)
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
             text = (await client.get("/metrics")).text
-    assert "pubsub_listener_connected 1.0" in text
+    assert 'notifier_connected{backend="postgres"} 1.0' in text
     assert "pubsub_subscribers " in text

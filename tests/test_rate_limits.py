@@ -82,7 +82,7 @@ async def test_limits_recover_when_the_window_passes(
         overrides["redis_url"] = request.getfixturevalue("redis_url")
     app = create_app(make_settings(**overrides))
     async with app.router.lifespan_context(app):
-        limiter = app.state.rate_limiter
+        limiter = app.state.services.rate_limiter
         key = f"recover:{backend}"
         assert (await limiter.hit(key, 1, 1)).allowed
         blocked = await limiter.hit(key, 1, 1)
@@ -98,9 +98,9 @@ async def test_limits_recover_when_the_window_passes(
 async def test_postgres_counters_are_pruned(make_settings: Callable[..., Settings]) -> None:
     app = create_app(make_settings())
     async with app.router.lifespan_context(app):
-        limiter = app.state.rate_limiter
+        limiter = app.state.services.rate_limiter
         await limiter.hit("old", 5, 60)
-        async with app.state.db.acquire() as conn:
+        async with app.state.services.db.acquire() as conn:
             await conn.execute("UPDATE rate_limits SET window_start = now() - interval '2 days'")
         await limiter.hit("fresh", 5, 60)
         assert await limiter.prune(86_400) == 1

@@ -3,6 +3,7 @@ HNSW index for a large user. Both give the same answers; each plan is the one in
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable
 
@@ -38,14 +39,22 @@ def the_app(client: httpx.AsyncClient) -> FastAPI:
     return client._transport.app  # type: ignore[attr-defined,no-any-return]
 
 
+def change_settings(app: FastAPI, **update: object) -> None:
+    """Routes read their settings from the services: swap in changed ones mid-test."""
+    services = app.state.services
+    app.state.services = dataclasses.replace(
+        services, settings=services.settings.model_copy(update=update)
+    )
+
+
 async def plans(client: httpx.AsyncClient, owner: int) -> dict[str, str]:
     """EXPLAIN of the semantic, hybrid and similar statements, as the app runs them."""
     app = the_app(client)
-    settings: Settings = app.state.settings
+    settings: Settings = app.state.services.settings
     vector = HashingEmbedder().embed("budget")
     lang = sql.lang_literal(settings.search_language)
     explained = {}
-    async with app.state.db.acquire() as conn:
+    async with app.state.services.db.acquire() as conn:
         any_task = await conn.fetchval("SELECT id FROM tasks WHERE user_id = $1 LIMIT 1", owner)
         statements = {
             "semantic": ("$2", sql.SEMANTIC, (owner, vector, 10)),
@@ -74,9 +83,7 @@ async def test_hybrid_keeps_the_exact_path_up_to_its_own_threshold(
     client: httpx.AsyncClient, alice: dict[str, str], db_conn: asyncpg.Connection
 ) -> None:
     app = the_app(client)
-    app.state.settings = app.state.settings.model_copy(
-        update={"search_hybrid_exact_scan_below": 1000}
-    )
+    change_settings(app, search_hybrid_exact_scan_below=1000)
     explained = await plans(client, await user_id(db_conn, "alice@example.com"))
     assert "tasks_embedding" not in explained["hybrid"], explained["hybrid"]
     assert "Index Scan using tasks_embedding" in explained["semantic"], explained["semantic"]
@@ -102,7 +109,7 @@ async def test_both_paths_find_the_same_tasks(
 ) -> None:
     app = the_app(client)
     through_index = [hit["id"] for hit in await search(client, alice, "quarterly budget", mode)]
-    app.state.settings = app.state.settings.model_copy(update=EXACT_FOR_ALL)
+    change_settings(app, **EXACT_FOR_ALL)
     exact = [hit["id"] for hit in await search(client, alice, "quarterly budget", mode)]
     assert exact
     assert through_index == exact
@@ -120,7 +127,7 @@ async def test_similar_is_the_same_on_both_paths(
         return [hit["id"] for hit in response.json()["items"]]
 
     through_index = await similar()
-    app.state.settings = app.state.settings.model_copy(update=EXACT_FOR_ALL)
+    change_settings(app, **EXACT_FOR_ALL)
     assert through_index == await similar()
     assert first["id"] not in through_index
     assert len(through_index) == len(CORPUS) - 1
@@ -143,7 +150,7 @@ async def test_the_exact_path_reads_the_users_vectors_from_the_covering_index(
     """tasks_user_vectors holds id and embedding, so the exact path never visits the heap,
     where a user's rows lie one per page between everybody else's."""
     app = the_app(client)
-    app.state.settings = app.state.settings.model_copy(update=EXACT_FOR_ALL)
+    change_settings(app, **EXACT_FOR_ALL)
     await new_user(client, "busy@example.com")
     await new_user(client, "crowd@example.com")
     # Everybody else's rows need no vectors to make the heap the long way round (and an
@@ -165,10 +172,10 @@ async def test_which_path_a_user_takes_is_cached(
     client: httpx.AsyncClient, db_conn: asyncpg.Connection
 ) -> None:
     app = the_app(client)
-    settings: Settings = app.state.settings
+    settings: Settings = app.state.services.settings
     await new_user(client, "bob@example.com")
     bob = await user_id(db_conn, "bob@example.com")
-    async with app.state.db.acquire() as conn:
+    async with app.state.services.db.acquire() as conn:
         assert not await sql.takes_index(conn, settings, bob)
         await conn.executemany(
             "INSERT INTO tasks (user_id, title) VALUES ($1, $2)",

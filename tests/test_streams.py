@@ -24,13 +24,17 @@ async def server(app: FastAPI) -> AsyncIterator[str]:
     @app.get("/test/events")
     async def events(last_event_id: str | None = Header(None)) -> object:
         return await open_sse(
-            app.state.broker, [CHANNEL], since=parse_event_id(last_event_id), heartbeat=0.2
+            app.state.services.broker, [CHANNEL], since=parse_event_id(last_event_id), heartbeat=0.2
         )
 
     @app.websocket("/test/ws")
     async def ws(websocket: WebSocket, since: str | None = None) -> None:
         await run_websocket(
-            websocket, app.state.broker, [CHANNEL], since=parse_event_id(since), heartbeat=0.2
+            websocket,
+            app.state.services.broker,
+            [CHANNEL],
+            since=parse_event_id(since),
+            heartbeat=0.2,
         )
 
     async with app.router.lifespan_context(app), live_server(app) as base_url:
@@ -59,7 +63,7 @@ async def read_sse(response: httpx.Response, count: int) -> list[dict[str, str]]
 
 
 async def subscribers(app: FastAPI) -> int:
-    return sum(len(s) for s in app.state.broker.fanout._by_channel.values())
+    return sum(len(s) for s in app.state.services.broker.fanout._by_channel.values())
 
 
 async def test_sse_streams_events_with_ids_and_types(server: str, app: FastAPI) -> None:

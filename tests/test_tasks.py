@@ -6,8 +6,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from app.cache import cache
-from app.observability.access import OpsAccess
+from app.deps import OpsAccess
 from tests.auth_helpers import new_user
 
 
@@ -215,7 +214,7 @@ async def test_every_change_is_in_the_activity_feed(
     from app.activity.partitions import maintain
 
     await maintain(
-        client._transport.app.state.db,
+        client._transport.app.state.services.db,
         interval="month",
         premake=1,
         retention=2,
@@ -256,5 +255,5 @@ async def test_ops_access_needs_an_admin_or_the_ops_token(
     # Still cached as a non-admin until the cached session state is dropped (as
     # `app users create-admin` does) or CACHE_AUTH_TTL_SECONDS pass.
     assert (await client.get("/ops/test", headers=alice)).status_code == 403
-    await cache.delete_prefix(f"auth:{user_id}:")
+    await app.state.services.auth.forget_sessions(user_id)
     assert (await client.get("/ops/test", headers=alice)).status_code == 200

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, HTTPException, Query
 
 from app.activity.feed import ActivityPage, read_feed
-from app.auth.dependencies import CurrentUser
-from app.db.deps import ReadConn
+from app.deps import CurrentUser, ReadConn, SettingsDep
 from app.pagination import InvalidCursor
 
 router = APIRouter(tags=["activity"])
@@ -16,13 +15,12 @@ router = APIRouter(tags=["activity"])
 
 @router.get("/api/activity")
 async def list_activity(
-    request: Request,
+    settings: SettingsDep,
     user: CurrentUser,
     conn: ReadConn,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
     limit: Annotated[int, Query(ge=1)] = 20,
 ) -> ActivityPage:
-    settings = request.app.state.settings
     if limit > settings.activity_page_limit:
         raise HTTPException(422, f"limit must be at most {settings.activity_page_limit}")
     try:

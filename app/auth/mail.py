@@ -4,10 +4,10 @@ MAILER picks the transport: ``console`` logs each message (development), ``memor
 them in ``MemoryMailer.outbox`` (tests, and a place to look in development), ``smtp``
 sends through SMTP_HOST with STARTTLS (smtplib, in a worker thread).
 
-``send_email`` never sends inside the request: it enqueues a ``pgfirst.send_email`` job
-(queue ``mail``), so a slow mail server never slows a response and a failed send is
-retried with backoff (8 attempts). Given ``conn``, the job commits or rolls back with the
-caller's transaction — no email about an account that was never created.
+Mail never leaves inside the request: auth enqueues a ``pgfirst.send_email`` job (queue
+``mail``, ``mail_jobs``) in the caller's transaction, so a slow mail server never slows a
+response, a failed send is retried with backoff (8 attempts), and no email goes out about
+an account that was never created.
 """
 
 from __future__ import annotations
@@ -15,13 +15,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import smtplib
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from email.message import EmailMessage
 from typing import Protocol
 
-from app.config import Settings, get_settings
-from app.db import Connection
-from app.jobs.registry import job
+from app.config import Settings
+from app.jobs import JobKind
 
 log = logging.getLogger(__name__)
 
@@ -84,14 +83,10 @@ def create_mailer(settings: Settings) -> Mailer:
 SEND_EMAIL_JOB = "pgfirst.send_email"
 
 
-async def send_email(message: Message, *, conn: Connection | None = None) -> None:
-    """Queue ``message`` as a job; with ``conn`` it commits or rolls back with the caller."""
-    from app.jobs import enqueue
+def mail_jobs(mailer: Mailer) -> list[JobKind]:
+    """The ``pgfirst.send_email`` job, sending through ``mailer``; a failure is retried."""
 
-    await enqueue(SEND_EMAIL_JOB, asdict(message), conn=conn)
+    async def deliver_email(to: str, subject: str, body: str) -> None:
+        await mailer.send(Message(to, subject, body))
 
-
-@job(name=SEND_EMAIL_JOB, queue="mail", max_attempts=8, timeout=60)
-async def deliver_email(to: str, subject: str, body: str) -> None:
-    """The job: send through MAILER; a failure is retried with backoff."""
-    await create_mailer(get_settings()).send(Message(to, subject, body))
+    return [JobKind(SEND_EMAIL_JOB, deliver_email, queue="mail", max_attempts=8, timeout=60)]

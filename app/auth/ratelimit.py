@@ -67,8 +67,8 @@ class PostgresRateLimiter:
 
 
 class RedisRateLimiter:
-    def __init__(self, url: str) -> None:
-        self.redis: Redis = Redis.from_url(url)
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis  # the services' client, shared with the other Redis backends
 
     async def hit(self, key: str, limit: int, window: int) -> Verdict:
         import time
@@ -87,13 +87,15 @@ class RedisRateLimiter:
         return 0  # keys expire on their own
 
     async def close(self) -> None:
-        await self.redis.aclose()
+        return None  # the client belongs to the services
 
 
-def create_rate_limiter(settings: Settings, db: Database) -> RateLimiter:
+def create_rate_limiter(settings: Settings, db: Database, redis: Redis | None) -> RateLimiter:
+    """The limiter RATE_LIMIT_BACKEND names (``redis`` needs the services' Redis client)."""
     if settings.rate_limit_backend == "redis":
-        assert settings.redis_url is not None  # enforced by Settings
-        return RedisRateLimiter(settings.redis_url)
+        if redis is None:
+            raise ValueError("RATE_LIMIT_BACKEND=redis needs a Redis client (REDIS_URL)")
+        return RedisRateLimiter(redis)
     return PostgresRateLimiter(db)
 
 

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException, Request, status
 
-from app.auth.dependencies import AuthDep, CurrentSession, CurrentUser
 from app.auth.passwords import HashingBusy, policy_problem
-from app.auth.ratelimit import RateLimiter, client_ip
+from app.auth.ratelimit import client_ip
 from app.auth.schemas import (
     Accepted,
     Credentials,
@@ -24,6 +23,8 @@ from app.auth.schemas import (
     VerifyEmail,
 )
 from app.auth.service import Session
+from app.deps import AuthDep, CurrentSession, CurrentUser, ServicesDep
+from app.services import Services
 
 router = APIRouter(prefix="/api/auth", tags=["auth"])
 
@@ -31,10 +32,12 @@ SIGNUP_ACCEPTED = Accepted(detail="Check your email to confirm your address")
 RESET_ACCEPTED = Accepted(detail="If the address has an account, a reset link is on its way")
 
 
-async def enforce_limits(request: Request, action: str, email: str | None = None) -> None:
+async def enforce_limits(
+    services: Services, request: Request, action: str, email: str | None = None
+) -> None:
     """One hit per key (client IP, and email when given); 429 with Retry-After when over."""
-    settings = request.app.state.settings
-    limiter: RateLimiter = request.app.state.rate_limiter
+    settings = services.settings
+    limiter = services.rate_limiter
     window = settings.rate_limit_window_seconds
     checks = [(f"{action}:ip:{client_ip(request, settings.trusted_proxy_header)}", "ip")]
     if email is not None:
@@ -69,8 +72,9 @@ def _busy() -> HTTPException:
 
 
 @router.post("/signup", status_code=status.HTTP_202_ACCEPTED)
-async def sign_up(body: Credentials, request: Request, auth: AuthDep) -> Accepted:
-    await enforce_limits(request, "signup")
+async def sign_up(body: Credentials, request: Request, services: ServicesDep) -> Accepted:
+    await enforce_limits(services, request, "signup")
+    auth = services.auth
     _check_policy(body.password)
     try:
         await auth.signup(body.email, body.password)
@@ -80,8 +84,9 @@ async def sign_up(body: Credentials, request: Request, auth: AuthDep) -> Accepte
 
 
 @router.post("/login")
-async def log_in(body: Credentials, request: Request, auth: AuthDep) -> TokenPair:
-    await enforce_limits(request, "login", body.email)
+async def log_in(body: Credentials, request: Request, services: ServicesDep) -> TokenPair:
+    await enforce_limits(services, request, "login", body.email)
+    auth = services.auth
     try:
         session = await auth.login(body.email, body.password)
     except HashingBusy:
@@ -133,9 +138,11 @@ async def change_password(body: PasswordChange, user: CurrentUser, auth: AuthDep
 
 
 @router.post("/password-reset", status_code=status.HTTP_202_ACCEPTED)
-async def request_password_reset(body: EmailOnly, request: Request, auth: AuthDep) -> Accepted:
-    await enforce_limits(request, "reset", body.email)
-    await auth.request_password_reset(body.email)
+async def request_password_reset(
+    body: EmailOnly, request: Request, services: ServicesDep
+) -> Accepted:
+    await enforce_limits(services, request, "reset", body.email)
+    await services.auth.request_password_reset(body.email)
     return RESET_ACCEPTED
 
 

@@ -7,20 +7,29 @@ revokes the family (someone else holds a copy). Ending sessions:
 - ``logout``: the family of the presented access token;
 - ``logout_all``, password change and password reset: every family of the user, and
   ``tokens_valid_after = now()`` so outstanding access tokens stop working at once.
+
+What a token's session looks like (user, admin flag, still standing?) is cached for
+CACHE_AUTH_TTL_SECONDS under a key that carries the user's *session generation*
+(``auth:gen:<user>``, a random token): ending sessions writes a new generation, which
+makes every cached session state of the user unreachable at once — one write, no prefix
+scan. A reader takes the generation before it reads the database, so an answer read just
+before a logout is stored under the old generation and never served afterwards.
 """
 
 from __future__ import annotations
 
+import secrets
 import uuid
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
-from app.auth.mail import Message, send_email
+from app.auth.mail import SEND_EMAIL_JOB, Message
 from app.auth.passwords import Passwords
 from app.auth.tokens import hash_secret, issue_access_token, new_secret
-from app.cache import cache
+from app.cache import Cache
 from app.config import Settings
 from app.db import Connection, Database
+from app.jobs import Jobs
 
 INSERT_USER = """
 INSERT INTO users (email, password_hash) VALUES ($1, $2)
@@ -76,6 +85,13 @@ WHERE token_hash = $1 AND purpose = $2 AND used_at IS NULL AND expires_at > now(
 RETURNING user_id
 """
 SET_PASSWORD = "UPDATE users SET password_hash = $2 WHERE id = $1"
+# xmax = 0: the row was inserted by this statement, not updated.
+UPSERT_ADMIN = """
+INSERT INTO users (email, password_hash, is_admin, email_verified_at)
+VALUES ($1, $2, true, now())
+ON CONFLICT (email) DO UPDATE SET is_admin = true
+RETURNING id, (xmax = 0) AS created
+"""
 MARK_VERIFIED = """
 UPDATE users SET email_verified_at = coalesce(email_verified_at, now()) WHERE id = $1
 """
@@ -98,12 +114,16 @@ class User:
 
 
 class Auth:
-    """The auth capability of one process: settings, hasher, database."""
+    """The auth capability of one process: settings, hasher, database, cache, mail queue."""
 
-    def __init__(self, settings: Settings, db: Database, passwords: Passwords) -> None:
+    def __init__(
+        self, settings: Settings, db: Database, passwords: Passwords, cache: Cache, jobs: Jobs
+    ) -> None:
         self.settings = settings
         self.db = db
         self.passwords = passwords
+        self.cache = cache
+        self.jobs = jobs
         self.secret = settings.secret_key.get_secret_value()
 
     # --- accounts ----------------------------------------------------------------------
@@ -114,7 +134,7 @@ class Auth:
         async with self.db.transaction() as conn:
             user_id: int | None = await conn.fetchval(INSERT_USER, email, password_hash)
             if user_id is None:
-                await send_email(
+                await self._send_email(
                     Message(
                         email,
                         "Someone tried to sign up with your address",
@@ -148,18 +168,18 @@ class Auth:
         async with self.db.acquire() as conn:
             owner = await conn.fetchval(REVOKE_FAMILY_OF_TOKEN, token_hash)
         if owner is not None:
-            await forget_sessions(owner)
+            await self.forget_sessions(owner)
         return None
 
     async def logout(self, user_id: int, family_id: uuid.UUID) -> None:
         async with self.db.acquire() as conn:
             await conn.execute(REVOKE_FAMILY, family_id, user_id)
-        await forget_sessions(user_id)
+        await self.forget_sessions(user_id)
 
     async def logout_all(self, user_id: int) -> None:
         async with self.db.acquire() as conn:
             await conn.execute(REVOKE_ALL, user_id)
-        await forget_sessions(user_id)
+        await self.forget_sessions(user_id)
 
     async def change_password(self, user_id: int, current: str, new: str) -> bool:
         async with self.db.acquire() as conn:
@@ -171,7 +191,7 @@ class Auth:
         async with self.db.transaction() as conn:
             await conn.execute(SET_PASSWORD, user_id, new_hash)
             await conn.execute(REVOKE_ALL, user_id)
-        await forget_sessions(user_id)
+        await self.forget_sessions(user_id)
         return True
 
     async def request_password_reset(self, email: str) -> None:
@@ -184,7 +204,7 @@ class Auth:
             await conn.execute(INSERT_ONE_TIME, token_hash, user_id, "password_reset", ttl)
             link = f"{self.settings.public_url}/reset-password#token={token}"
             body = f"Reset your password within {ttl} minutes: {link}\nToken: {token}"
-            await send_email(Message(email, "Reset your password", body), conn=conn)
+            await self._send_email(Message(email, "Reset your password", body), conn=conn)
 
     async def confirm_password_reset(self, token: str, password: str) -> bool:
         password_hash = await self.passwords.hash(password)
@@ -195,7 +215,7 @@ class Auth:
             await conn.execute(SET_PASSWORD, user_id, password_hash)
             await conn.execute(REVOKE_ALL, user_id)
             await conn.execute(MARK_VERIFIED, user_id)  # the link proved the address
-        await forget_sessions(user_id)
+        await self.forget_sessions(user_id)
         return True
 
     async def verify_email(self, token: str) -> bool:
@@ -204,8 +224,19 @@ class Auth:
             if user_id is None:
                 return False
             await conn.execute(MARK_VERIFIED, user_id)
-        await forget_sessions(user_id)
+        await self.forget_sessions(user_id)
         return True
+
+    async def create_admin(self, email: str, password: str) -> bool:
+        """Create an admin account (email verified), or make an existing one an admin with
+        its password unchanged; True when the account was created."""
+        password_hash = await self.passwords.hash(password)
+        async with self.db.transaction() as conn:
+            row = await conn.fetchrow(UPSERT_ADMIN, email, password_hash)
+        assert row is not None
+        # Sessions cached as non-admin would otherwise linger for CACHE_AUTH_TTL_SECONDS.
+        await self.forget_sessions(row["id"])
+        return bool(row["created"])
 
     # --- requests ----------------------------------------------------------------------
 
@@ -218,8 +249,8 @@ class Auth:
         every change that ends sessions or alters the user calls ``forget_sessions``.
         """
         ttl = self.settings.cache_auth_ttl_seconds
-        key = session_key(user_id, family_id)
-        state = await cache.get(key) if ttl > 0 else None
+        key = session_key(user_id, await self._generation(user_id), family_id) if ttl > 0 else ""
+        state = await self.cache.get(key) if ttl > 0 else None
         if state is None:
             async with self.db.acquire() as conn:
                 row = await conn.fetchrow(USER_FOR_TOKEN, user_id, family_id)
@@ -235,7 +266,7 @@ class Auth:
                 row["live"],
             ]
             if ttl > 0:
-                await cache.set(key, state, ttl=ttl)
+                await self.cache.set(key, state, ttl=ttl)
         uid, email, is_admin, verified_at, created_at, valid_after, live = state
         if not live or issued_at < valid_after:
             return None
@@ -247,7 +278,33 @@ class Auth:
             datetime.fromtimestamp(created_at, UTC),
         )
 
+    # --- cached session state ----------------------------------------------------------
+
+    async def forget_sessions(self, user_id: int) -> None:
+        """Make every cached session state of ``user_id`` unreachable (after a commit)."""
+        if self.settings.cache_auth_ttl_seconds > 0:
+            await self.cache.set(
+                generation_key(user_id), secrets.token_hex(6), ttl=GENERATION_TTL_SECONDS
+            )
+
+    async def _generation(self, user_id: int) -> str:
+        key = generation_key(user_id)
+        generation = await self.cache.get(key)
+        if isinstance(generation, str):
+            return generation
+        fresh = secrets.token_hex(6)
+        if await self.cache.add(key, fresh, ttl=GENERATION_TTL_SECONDS):
+            return fresh
+        # Created meanwhile (or the cache is down: then a generation nothing is stored
+        # under, so nothing stale can be read).
+        generation = await self.cache.get(key)
+        return generation if isinstance(generation, str) else fresh
+
     # --- helpers -----------------------------------------------------------------------
+
+    async def _send_email(self, message: Message, *, conn: Connection) -> None:
+        """Queue ``message`` in the caller's transaction: no mail about a rolled-back change."""
+        await self.jobs.enqueue(SEND_EMAIL_JOB, asdict(message), conn=conn)
 
     async def _start_session(self, conn: Connection, user_id: int, family: uuid.UUID) -> Session:
         refresh, refresh_hash = new_secret()
@@ -263,18 +320,16 @@ class Auth:
         await conn.execute(INSERT_ONE_TIME, token_hash, user_id, "verify_email", hours * 60)
         link = f"{self.settings.public_url}/verify-email#token={token}"
         body = f"Confirm your address within {hours} hours: {link}\nToken: {token}"
-        await send_email(Message(email, "Confirm your email address", body), conn=conn)
+        await self._send_email(Message(email, "Confirm your email address", body), conn=conn)
 
 
-def session_key(user_id: int, family_id: uuid.UUID) -> str:
-    return f"auth:{user_id}:{family_id}"
+# Longer than any cached session state lives; a lost generation only costs cache misses.
+GENERATION_TTL_SECONDS = 86_400.0
 
 
-async def forget_sessions(user_id: int) -> None:
-    """Drop the cached session state of every token of ``user_id`` (after a commit).
+def generation_key(user_id: int) -> str:
+    return f"auth:gen:{user_id}"
 
-    Deleted now and once more a second later: a request that read the database just
-    before the change and writes its (stale) answer just after the first delete would
-    otherwise keep a revoked session alive for CACHE_AUTH_TTL_SECONDS.
-    """
-    await cache.delete_prefix(f"auth:{user_id}:", again_after=1.0)
+
+def session_key(user_id: int, generation: str, family_id: uuid.UUID) -> str:
+    return f"auth:{user_id}:{generation}:{family_id}"

@@ -1,4 +1,4 @@
-"""The cache: ``from app.cache import cache``.
+"""The cache: ``from app.cache import cache`` (the open services' ``Cache``).
 
     user = await cache.get(f"user:{user_id}")                       # None on a miss
     await cache.set(f"user:{user_id}", {"name": "Ada"}, ttl=60)
@@ -16,7 +16,8 @@ Tiers, in the order a read tries them:
    kept at most CACHE_L1_TTL_SECONDS and never past its backend expiry. Every write
    announces the key to every other process (NOTIFY on Postgres, PUBLISH on Redis, in the
    same round trip as the write), which evicts it from their L1 — measured delay in
-   docs/benchmarks.md. A process serves from L1 only while its invalidation listener is
+   docs/benchmarks.md. The announcements arrive through the process's notifier (Postgres
+   or Redis, as the backend). A process serves from L1 only while that notifier is
    connected; when it drops, L1 is bypassed and emptied, so a lost message can never leave
    a stale value behind for longer than it takes to notice.
 2. **The backend**, shared by all processes, chosen by CACHE_BACKEND: ``postgres`` (an
@@ -50,17 +51,22 @@ import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 import asyncpg
 import orjson
 from redis.exceptions import RedisError
 
 from app.cache.local import MISSING, LocalCache
-from app.config import Settings, get_settings
-from app.db import Database, get_database
+from app.config import Settings
+from app.current import Current
+from app.db import Database
+from app.notifier import Notifier, Unlisten
 
-__all__ = ["Cache", "CacheBackend", "CacheClosedError", "cache", "create_backend"]
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+__all__ = ["Cache", "CacheBackend", "CacheClosedError", "cache", "create_backend", "current_cache"]
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +97,7 @@ class CacheBackend(Protocol):
     """Bytes in, bytes out; what both backends implement (see postgres.py, redis.py)."""
 
     name: str
+    invalidation_topic: str
 
     async def start(self) -> None: ...
     async def close(self) -> None: ...
@@ -108,17 +115,16 @@ class CacheBackend(Protocol):
     async def purge_expired(self, batch: int) -> int: ...
     async def enforce_cap(self, max_entries: int, batch: int) -> int: ...
     async def count(self) -> int: ...
-    async def listen(
-        self, on_message: Callable[[str], None], on_connected: Callable[[bool], None]
-    ) -> None: ...
 
 
-def create_backend(settings: Settings, db: Database) -> CacheBackend:
+def create_backend(settings: Settings, db: Database, redis: Redis | None) -> CacheBackend:
+    """The backend CACHE_BACKEND names (``redis`` needs the services' Redis client)."""
     if settings.cache_backend == "redis":
         from app.cache.redis import RedisCacheBackend
 
-        assert settings.redis_url is not None  # enforced by Settings
-        return RedisCacheBackend(settings.redis_url, timeout=settings.cache_timeout_seconds)
+        if redis is None:
+            raise ValueError("CACHE_BACKEND=redis needs a Redis client (REDIS_URL)")
+        return RedisCacheBackend(redis)
     from app.cache.postgres import PostgresCacheBackend
 
     return PostgresCacheBackend(settings, db)
@@ -135,26 +141,31 @@ def key_prefix(key: str) -> str:
 
 
 class Cache:
-    """One per process (``cache`` below); ``start()`` binds it to a backend."""
+    """One per open services; ``start()`` starts the backend and listens for invalidations."""
 
-    def __init__(self) -> None:
-        self.settings: Settings | None = None
+    def __init__(self, settings: Settings, backend: CacheBackend, notifier: Notifier) -> None:
+        self.settings = settings
         self.backend: CacheBackend | None = None
+        self._backend = backend
+        self._notifier = notifier
+        self._unlisten: Unlisten | None = None
+        self._forget_state: Callable[[], None] | None = None
+        # New for every Cache: two processes (or two instances in one) must not share an
+        # id, or each would ignore the other's invalidations as its own.
         self.instance = secrets.token_hex(4)
-        self._l1 = LocalCache(0)
-        self._l1_enabled = False
+        self._default_ttl = settings.cache_default_ttl_seconds
+        self._timeout = settings.cache_timeout_seconds
+        self._max_value_bytes = settings.cache_max_value_bytes
+        self._l1_ttl = settings.cache_l1_ttl_seconds
+        self._l1 = LocalCache(settings.cache_l1_max_entries)
+        self._l1_enabled = settings.cache_l1_max_entries > 0
         self._listening = False
-        self._l1_ttl = 0.0
-        self._default_ttl = 300.0
-        self._timeout = 0.25
-        self._max_value_bytes = 1 << 20
         # Bumped by every local write and every invalidation heard: a backend read that
         # saw a bump while in flight does not fill L1 (its value may predate the write).
         self._generation = 0
         self._inflight: dict[str, asyncio.Task[Any]] = {}
         self._refreshing: set[str] = set()
         self._background: set[asyncio.Task[Any]] = set()
-        self._starting = asyncio.Lock()
         self._closed = False
         # Accounting, exported by CacheCollector at scrape time (cheaper than metric calls
         # on a path that takes a microsecond).
@@ -169,29 +180,17 @@ class Cache:
 
     # --- lifecycle -----------------------------------------------------------------------
 
-    async def start(self, settings: Settings, db: Database) -> None:
-        """Bind to the backend CACHE_BACKEND names; start the invalidation listener."""
-        await self.stop()
-        # New at every start: forked processes must not share an id, or each would
-        # ignore the other's invalidations as its own.
-        self.instance = secrets.token_hex(4)
-        self.settings = settings
-        self._default_ttl = settings.cache_default_ttl_seconds
-        self._timeout = settings.cache_timeout_seconds
-        self._max_value_bytes = settings.cache_max_value_bytes
-        self._l1_ttl = settings.cache_l1_ttl_seconds
-        self._l1 = LocalCache(settings.cache_l1_max_entries)
-        self._l1_enabled = settings.cache_l1_max_entries > 0
-        backend = create_backend(settings, db)
-        await backend.start()
-        self.backend = backend
+    async def start(self) -> None:
+        """Start the backend; listen for other processes' invalidations (with L1 on)."""
+        await self._backend.start()
+        self.backend = self._backend
         self._closed = False
         if self._l1_enabled:
-            try:
-                await backend.listen(self._on_invalidation, self._on_listener)
-            except BACKEND_ERRORS as exc:
-                # Serve without L1 rather than not at all.
-                log.warning("cache: invalidation listener unavailable, L1 off: %s", exc)
+            self._forget_state = self._notifier.on_state(self._on_listener)
+            self._unlisten = await self._notifier.listen(
+                self._backend.invalidation_topic, self._on_invalidation_message
+            )
+            self._on_listener(self._notifier.connected)
 
     async def stop(self) -> None:
         self._closed = True
@@ -200,6 +199,12 @@ class Cache:
         await asyncio.gather(*self._inflight.values(), *self._background, return_exceptions=True)
         self._inflight.clear()
         self._background.clear()
+        if self._forget_state is not None:
+            self._forget_state()
+            self._forget_state = None
+        if self._unlisten is not None:
+            unlisten, self._unlisten = self._unlisten, None
+            await unlisten()
         self._listening = False
         self._l1.clear()
         if self.backend is not None:
@@ -207,18 +212,9 @@ class Cache:
             await backend.close()
 
     async def _ready(self) -> CacheBackend:
-        """The backend; a plain script's first call starts one from Settings.
-
-        After ``stop()`` (the app shutting down) calls fail with CacheClosedError — which
-        reads as a miss — rather than quietly opening a new backend from the environment.
-        """
+        """The backend; after ``stop()`` calls fail with CacheClosedError (read as a miss)."""
         if self.backend is None:
-            if self._closed:
-                raise CacheClosedError("the cache was stopped")
-            async with self._starting:
-                if self.backend is None:
-                    await self.start(get_settings(), await get_database())
-        assert self.backend is not None
+            raise CacheClosedError("the cache is not running")
         return self.backend
 
     @property
@@ -501,6 +497,9 @@ class Cache:
         for key in keys:
             self._l1.evict(key)
 
+    def _on_invalidation_message(self, topic: str, message: str) -> None:
+        self._on_invalidation(message)
+
     def _on_invalidation(self, message: str) -> None:
         instance, _, rest = message.partition(" ")
         if instance == self.instance:
@@ -525,7 +524,7 @@ class Cache:
     # --- helpers -------------------------------------------------------------------------
 
     def _settings(self) -> Settings:
-        return self.settings if self.settings is not None else get_settings()
+        return self.settings
 
     def _ttl(self, ttl: float | None) -> float:
         if ttl is None:
@@ -599,4 +598,14 @@ def _busiest(reads: dict[str, int]) -> list[tuple[str, int]]:
     return sorted(reads.items(), key=lambda item: item[1], reverse=True)[:20]
 
 
-cache = Cache()
+current_cache: Current[Cache] = Current("the cache")
+
+
+class _CurrentCache:
+    """``cache``: every attribute is the open services' Cache's (ServicesNotOpen without)."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(current_cache.get(), name)
+
+
+cache = cast(Cache, _CurrentCache())

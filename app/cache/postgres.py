@@ -8,7 +8,7 @@ on these connections changes session state, so there is nothing to reset.
 
 Writes announce themselves to other processes' L1 tiers with ``pg_notify`` in the same
 statement as the write — one round trip, delivered by PostgreSQL when the write commits.
-Each process hears them on one LISTEN connection outside every pool.
+Each process hears them through its notifier (one LISTEN connection for every topic).
 
 Expiry is checked at read time (``expires_at > now()``); expired rows stay until the purge
 job (``purge_expired``) deletes them in batches. See migration 0011 for why there is no
@@ -17,10 +17,7 @@ index on expires_at.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Callable
-from typing import Any
 
 import asyncpg
 
@@ -159,14 +156,12 @@ def prefix_upper_bound(prefix: str) -> str | None:
 
 class PostgresCacheBackend:
     name = "postgres"
+    invalidation_topic = INVALIDATION_CHANNEL
 
     def __init__(self, settings: Settings, db: Database) -> None:
         self.settings = settings
         self.db = db
         self._pool: ConnectionSet | None = None
-        self._listener: asyncpg.Connection[Record] | None = None
-        self._supervisor: asyncio.Task[None] | None = None
-        self._stopping = False
 
     async def start(self) -> None:
         pgbouncer = self.settings.db_pool_mode == "pgbouncer"
@@ -185,12 +180,6 @@ class PostgresCacheBackend:
         self._pool = pool
 
     async def close(self) -> None:
-        self._stopping = True
-        if self._supervisor is not None:
-            self._supervisor.cancel()
-            await asyncio.gather(self._supervisor, return_exceptions=True)
-        if self._listener is not None and not self._listener.is_closed():
-            await self._listener.close()
         if self._pool is not None:
             await self._pool.close()
 
@@ -278,52 +267,6 @@ class PostgresCacheBackend:
 
     async def count(self) -> int:
         return int(await self.pool.fetchval(COUNT))
-
-    # --- invalidations from other processes ----------------------------------------------
-
-    async def listen(
-        self, on_message: Callable[[str], None], on_connected: Callable[[bool], None]
-    ) -> None:
-        """Keep a LISTEN connection; ``on_connected(False)`` while it is down."""
-        await self._connect_listener(on_message, on_connected)
-        self._supervisor = asyncio.create_task(
-            self._supervise(on_message, on_connected), name="cache-listener"
-        )
-
-    async def _connect_listener(
-        self, on_message: Callable[[str], None], on_connected: Callable[[bool], None]
-    ) -> None:
-        lost = asyncio.Event()
-
-        def received(conn: Any, pid: int, channel: str, payload: object) -> None:
-            on_message(str(payload))
-
-        def terminated(conn: Any) -> None:
-            on_connected(False)
-            lost.set()
-
-        conn = await self.db.connect_direct()
-        conn.add_termination_listener(terminated)
-        await conn.add_listener(INVALIDATION_CHANNEL, received)
-        self._listener = conn
-        self._lost = lost
-        on_connected(True)
-
-    async def _supervise(
-        self, on_message: Callable[[str], None], on_connected: Callable[[bool], None]
-    ) -> None:
-        while not self._stopping:
-            await self._lost.wait()
-            delay = 0.05
-            while not self._stopping:
-                try:
-                    await self._connect_listener(on_message, on_connected)
-                    log.info("cache invalidation listener reconnected")
-                    break
-                except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-                    log.warning("cache invalidation listener reconnect failed: %s", exc)
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 5.0)
 
     @staticmethod
     def _notify(announce: str) -> tuple[str, str]:

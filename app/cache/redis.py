@@ -2,7 +2,8 @@
 
 Keys live under ``pgfirst:cache:``, stampede locks under ``pgfirst:cache-lock:``. Writes
 and their L1 invalidation travel in one pipelined round trip (SET ... then PUBLISH on
-``pgfirst:cache-invalidate``); each process keeps one subscriber connection.
+``pgfirst:cache-invalidate``); each process hears them through its Redis notifier. The
+Redis client is the services' one, shared with the other Redis backends.
 
 Differences from the Postgres backend, by design of Redis: expiry and the size cap are
 Redis's own (TTL, and ``maxmemory`` + ``maxmemory-policy allkeys-lru`` on the server —
@@ -12,13 +13,10 @@ walks the keyspace with SCAN (cost grows with the number of keys, not the matche
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Callable
-from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ResponseError
 
 log = logging.getLogger(__name__)
 
@@ -44,22 +42,17 @@ def _px(ttl: float | None) -> int | None:
 
 class RedisCacheBackend:
     name = "redis"
+    invalidation_topic = INVALIDATION_CHANNEL
 
-    def __init__(self, url: str, *, timeout: float) -> None:
-        self.redis: Redis = Redis.from_url(
-            url, socket_timeout=max(timeout, 1.0), socket_connect_timeout=max(timeout, 1.0)
-        )
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
         self._unlock = self.redis.register_script(UNLOCK_SCRIPT)
-        self._subscriber: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         return None
 
     async def close(self) -> None:
-        if self._subscriber is not None:
-            self._subscriber.cancel()
-            await asyncio.gather(self._subscriber, return_exceptions=True)
-        await self.redis.aclose()
+        return None  # the client belongs to the services
 
     # --- reads ---------------------------------------------------------------------------
 
@@ -167,47 +160,3 @@ class RedisCacheBackend:
         async for _ in self.redis.scan_iter(match=NAMESPACE + "*", count=SCAN_BATCH):
             total += 1
         return total
-
-    # --- invalidations from other processes ----------------------------------------------
-
-    async def listen(
-        self, on_message: Callable[[str], None], on_connected: Callable[[bool], None]
-    ) -> None:
-        pubsub = self.redis.pubsub()
-        await pubsub.subscribe(INVALIDATION_CHANNEL)
-        on_connected(True)
-        self._subscriber = asyncio.create_task(
-            self._receive(pubsub, on_message, on_connected), name="cache-subscriber"
-        )
-
-    async def _receive(
-        self, pubsub: Any, on_message: Callable[[str], None], on_connected: Callable[[bool], None]
-    ) -> None:
-        try:
-            while True:
-                try:
-                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5)
-                except (RedisError, OSError) as exc:
-                    on_connected(False)
-                    log.warning("cache invalidation subscriber lost: %s", exc)
-                    pubsub = await self._resubscribe(pubsub)
-                    on_connected(True)
-                    continue
-                if message is not None and message["type"] == "message":
-                    on_message(message["data"].decode())
-        finally:
-            await pubsub.aclose()
-
-    async def _resubscribe(self, pubsub: Any) -> Any:
-        delay = 0.05
-        while True:
-            await asyncio.sleep(delay)
-            try:
-                await pubsub.aclose()
-                pubsub = self.redis.pubsub()
-                await pubsub.subscribe(INVALIDATION_CHANNEL)
-                log.info("cache invalidation subscriber reconnected")
-                return pubsub
-            except (RedisError, OSError) as exc:
-                log.warning("cache invalidation resubscribe failed: %s", exc)
-                delay = min(delay * 2, 5.0)

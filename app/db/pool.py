@@ -131,6 +131,10 @@ class Database:
             except Exception:
                 log.exception("after-commit hook failed")
 
+    def owns_transaction(self, conn: Connection) -> bool:
+        """Whether ``conn`` is inside this Database's ``transaction()``."""
+        return id(conn) in self._after_commit
+
     def after_commit(self, conn: Connection, hook: AfterCommitHook) -> bool:
         """Run ``hook`` after the ``transaction()`` that ``conn`` belongs to commits.
 
@@ -142,15 +146,28 @@ class Database:
         hooks.append(hook)
         return True
 
-    async def connect_direct(self) -> asyncpg.Connection[Record]:
-        """One connection outside any pool, on DATABASE_DIRECT_URL (else the primary).
+    @property
+    def direct_url(self) -> str | None:
+        """Where a connection that must reach the server itself goes: DATABASE_DIRECT_URL,
+        else the primary — unless that is a transaction pooler (None then)."""
+        if self.settings.database_direct_url:
+            return self.settings.database_direct_url
+        return None if self.settings.db_pool_mode == "pgbouncer" else self.dsn
 
-        For LISTEN and session-level state, which PgBouncer would not keep and which a
-        pool's reset query (UNLISTEN *, advisory unlock) would undo.
+    async def connect_direct(self) -> asyncpg.Connection[Record]:
+        """One connection outside any pool, on ``direct_url``.
+
+        For LISTEN and session-level settings, which PgBouncer would not keep and which a
+        pool's reset query (UNLISTEN *, RESET ALL) would undo. Raises when there is no
+        direct URL (behind PgBouncer without DATABASE_DIRECT_URL).
         """
-        dsn = self.settings.database_direct_url or self.dsn
+        dsn = self.direct_url
+        if dsn is None:
+            raise RuntimeError("DB_POOL_MODE=pgbouncer without DATABASE_DIRECT_URL")
         conn: asyncpg.Connection[Record] = await asyncpg.connect(
-            dsn, command_timeout=self.settings.db_command_timeout
+            dsn,
+            command_timeout=self.settings.db_command_timeout,
+            server_settings={"application_name": "pgfirst-direct"},
         )
         await _init_connection(conn)
         return conn

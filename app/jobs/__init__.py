@@ -7,10 +7,15 @@
 
     await enqueue("app.users.send_welcome", {"user_id": 42}, conn=conn)  # with the txn
 
-Technique: ``FOR UPDATE SKIP LOCKED`` batch claims, LISTEN/NOTIFY wake-up with polling as
-fallback, leases with heartbeats, batched completion, exponential backoff with jitter, a
-dead state after max attempts, unique keys, periodic jobs that run once per slot across
-all workers (``worker.py``, ``queue.py``, docs/jobs.md).
+A worker runs the job kinds it is given: pgfirst's own, and those of the modules named in
+JOBS_MODULES (or ``app worker --import``). Inside a job, ``current_services()`` (from
+``app.services``) gives the database, cache and the rest.
+
+Technique: ``FOR UPDATE SKIP LOCKED`` batch claims, LISTEN/NOTIFY wake-up through the
+process's notifier with polling as fallback, leases with heartbeats, batched completion,
+exponential backoff with jitter, a dead state after max attempts, unique keys, and
+maintenance (rescue, queue sampling, periodic jobs) by one elected leader
+(``worker.py``, ``queue.py``, docs/jobs.md).
 
 Signals: queue depth > 1,000 / 10,000 and oldest wait > 30 s / 5 min mean workers cannot
 keep up — add worker processes (``app worker``), and if job work hurts HTTP latency, set
@@ -20,15 +25,21 @@ one Postgres cannot absorb the job writes (tens of thousands per second on this 
 
 from __future__ import annotations
 
-from app.jobs.queue import cancel_job, enqueue, enqueue_many, retry_job
-from app.jobs.registry import REGISTRY, job
+import asyncio
+
+from app.jobs.queue import Jobs, cancel_job, current_jobs, enqueue, enqueue_many, retry_job
+from app.jobs.registry import JobKind, JobRegistry, job, jobs_in
 
 __all__ = [
-    "REGISTRY",
+    "JobKind",
+    "JobRegistry",
+    "Jobs",
     "cancel_job",
+    "current_jobs",
     "enqueue",
     "enqueue_many",
     "job",
+    "jobs_in",
     "retry_job",
     "run_worker",
 ]
@@ -39,17 +50,10 @@ async def run_worker(
     concurrency: int | None = None,
     burst: bool = False,
 ) -> None:
-    """Run a worker in this process until cancelled (or, with ``burst``, until idle)."""
-    import asyncio
-
-    from app import builtin_jobs  # noqa: F401 - registers pgfirst's own jobs
-    from app.config import get_settings
-    from app.db import get_database
+    """Run a worker on the open services until cancelled (or, with ``burst``, until idle)."""
     from app.jobs.worker import Worker
 
-    worker = Worker(
-        await get_database(), get_settings(), queues=queues, concurrency=concurrency, burst=burst
-    )
+    worker = Worker(current_jobs.get(), queues=queues, concurrency=concurrency, burst=burst)
     try:
         await worker.run()
     except asyncio.CancelledError:

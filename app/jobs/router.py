@@ -8,9 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Path
 from pydantic import BaseModel
 
-from app.db.deps import DbConn
-from app.jobs.queue import cancel_job, retry_job
-from app.observability.access import OpsAccess
+from app.deps import DbConn, JobsDep, OpsAccess
 
 router = APIRouter(prefix="/ops/jobs", tags=["ops"])
 JobId = Annotated[int, Path(ge=1, le=2**63 - 1)]
@@ -61,14 +59,14 @@ async def get_jobs_report(_: OpsAccess, conn: DbConn) -> QueueReport:
 
 
 @router.post("/{job_id}/retry", status_code=202)
-async def post_job_retry(job_id: JobId, _: OpsAccess) -> dict[str, int]:
-    if not await retry_job(job_id):
+async def post_job_retry(job_id: JobId, _: OpsAccess, jobs: JobsDep) -> dict[str, int]:
+    if not await jobs.retry(job_id):
         raise HTTPException(409, "Only dead or cancelled jobs can be retried")
     return {"id": job_id}
 
 
 @router.post("/{job_id}/cancel", status_code=202)
-async def post_job_cancel(job_id: JobId, _: OpsAccess) -> dict[str, int]:
-    if not await cancel_job(job_id):
+async def post_job_cancel(job_id: JobId, _: OpsAccess, jobs: JobsDep) -> dict[str, int]:
+    if not await jobs.cancel(job_id):
         raise HTTPException(409, "Only waiting or running jobs can be cancelled")
     return {"id": job_id}

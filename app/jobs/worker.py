@@ -41,10 +41,9 @@ from typing import Any
 import asyncpg
 from prometheus_client import Counter, Gauge, Histogram
 
-from app.config import Settings
-from app.db import Connection, Database, Record
-from app.jobs.queue import CANCEL_CHANNEL, WAKE_CHANNEL, enqueue
-from app.jobs.registry import REGISTRY
+from app.db import Connection, Record
+from app.jobs.queue import CANCEL_CHANNEL, WAKE_CHANNEL, Jobs
+from app.notifier import Unlisten
 from app.observability.logging import request_id_var
 
 log = logging.getLogger(__name__)
@@ -185,16 +184,17 @@ class ClaimedJob:
 class Worker:
     def __init__(
         self,
-        db: Database,
-        settings: Settings,
+        jobs: Jobs,
         *,
         queues: list[str] | None = None,
         concurrency: int | None = None,
         burst: bool = False,
     ) -> None:
-        self.db = db
-        self.settings = settings
-        self.queues = queues or sorted({kind.queue for kind in REGISTRY.values()} | {"default"})
+        self.jobs = jobs
+        self.db = jobs.db
+        self.settings = settings = jobs.settings
+        self.registry = jobs.registry
+        self.queues = queues or self.registry.queues()
         self.concurrency = concurrency or settings.jobs_concurrency
         self.burst = burst
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
@@ -206,13 +206,23 @@ class Worker:
         # Claim again while half a batch is still waiting, so slots never idle on a claim.
         self._low_water = max(self.concurrency, settings.jobs_claim_batch // 2)
         self._stopping = asyncio.Event()
-        self._listener: asyncpg.Connection[Any] | None = None
+        self._unlisten: list[Unlisten] = []
         self._claim_conn: asyncpg.Connection[Record] | None = None
 
     # --- lifecycle -----------------------------------------------------------------------
 
     async def run(self) -> None:
         """Work until ``stop()`` (or, in burst mode, until nothing is left to do)."""
+        kinds = sorted(kind.name for kind in self.registry if kind.queue in self.queues)
+        log.info(
+            "worker %s serving queues %s, %d at a time%s; %d job kinds: %s",
+            self.id,
+            ",".join(self.queues),
+            self.concurrency,
+            " (burst)" if self.burst else "",
+            len(kinds),
+            ", ".join(kinds),
+        )
         await self._listen()
         await self._maintain()
         upkeep = asyncio.create_task(self._upkeep_loop(), name="jobs-upkeep")
@@ -222,6 +232,7 @@ class Worker:
             upkeep.cancel()
             await asyncio.gather(upkeep, return_exceptions=True)
             await self._shutdown()
+            log.info("worker %s stopped", self.id)
 
     def stop(self) -> None:
         """Step one of shutdown: stop claiming. ``run()`` then finishes the rest."""
@@ -340,7 +351,7 @@ class Worker:
 
     async def _execute(self, job: ClaimedJob) -> None:
         token = request_id_var.set(job.request_id or f"job-{job.id}")
-        kind = REGISTRY.get(job.name)
+        kind = self.registry.get(job.name)
         started = perf_counter()
         try:
             if kind is None:
@@ -413,8 +424,10 @@ class Worker:
             try:
                 await self._flush()
                 await self._maintain()
-            except (OSError, asyncpg.PostgresError) as exc:
-                log.warning("jobs upkeep failed: %s", exc)
+            except Exception:
+                # Whatever went wrong, keep going: a dead upkeep loop stops heartbeats, and
+                # other workers would then re-run jobs that are running fine here.
+                log.exception("jobs: upkeep failed; trying again in %.1fs", period)
 
     async def _maintain(self) -> None:
         await self._heartbeat()
@@ -426,8 +439,6 @@ class Worker:
             for row in await conn.fetch(DEPTH):
                 QUEUE_DEPTH.labels(row["queue"]).set(row["n"])
         await self._schedule_periodic()
-        if self._listener is None or self._listener.is_closed():
-            await self._listen()
 
     async def _heartbeat(self) -> None:
         ids = [*self._running, *(job.id for job in self._ready)]
@@ -442,14 +453,16 @@ class Worker:
 
     async def _schedule_periodic(self) -> None:
         now = datetime.now(UTC)
-        for kind in REGISTRY.values():
+        for kind in self.registry:
             if kind.cron is None or kind.queue not in self.queues:
                 continue
             slot = kind.cron.latest_slot(now)
             async with self.db.transaction() as conn:
                 await conn.execute(SEED_SLOT, kind.name)
                 if await conn.fetchval(CLAIM_SLOT, kind.name, slot) is not None:
-                    await enqueue(kind.name, {}, conn=conn, unique_key=f"periodic:{kind.name}")
+                    await self.jobs.enqueue(
+                        kind.name, {}, conn=conn, unique_key=f"periodic:{kind.name}"
+                    )
 
     def _cancel_local(self, job_id: int) -> None:
         for waiting in [job for job in self._ready if job.id == job_id]:
@@ -459,26 +472,28 @@ class Worker:
             self._cancelled.add(job_id)
             task.cancel()
 
-    # --- LISTEN --------------------------------------------------------------------------
+    # --- wake-ups through the notifier ------------------------------------------------
 
     async def _listen(self) -> None:
-        if self.settings.db_pool_mode == "pgbouncer":
-            return  # transaction pooling cannot LISTEN: poll only
-        try:
-            conn = await self.db.connect_direct()
-            await conn.add_listener(WAKE_CHANNEL, self._on_wake)
-            await conn.add_listener(CANCEL_CHANNEL, self._on_cancel)
-        except (OSError, asyncpg.PostgresError) as exc:
-            log.warning("jobs listener unavailable, polling: %s", exc)
-            return
-        self._listener = conn
+        notifier = self.jobs.notifier
+        self._unlisten = [
+            await notifier.listen(WAKE_CHANNEL, self._on_wake),
+            await notifier.listen(CANCEL_CHANNEL, self._on_cancel),
+        ]
+        # Back from a lost connection: a wake-up may have been missed, look once.
+        remove_state = notifier.on_state(lambda connected: self._wake.set() if connected else None)
 
-    def _on_wake(self, *_: object) -> None:
+        async def forget_state() -> None:
+            remove_state()
+
+        self._unlisten.append(forget_state)
+
+    def _on_wake(self, topic: str, payload: str) -> None:
         self._wake.set()
 
-    def _on_cancel(self, conn: object, pid: int, channel: str, payload: object) -> None:
-        if str(payload).isdigit():
-            self._cancel_local(int(str(payload)))
+    def _on_cancel(self, topic: str, payload: str) -> None:
+        if payload.isdigit():
+            self._cancel_local(int(payload))
 
     # --- shutdown ------------------------------------------------------------------------
 
@@ -501,5 +516,6 @@ class Worker:
                 log.info("released %d unfinished jobs", len(leftover))
         finally:
             await self._close_claimer()
-            if self._listener is not None and not self._listener.is_closed():
-                await self._listener.close()
+            for unlisten in self._unlisten:
+                await unlisten()
+            self._unlisten = []

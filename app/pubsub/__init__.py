@@ -4,13 +4,16 @@
     await publish(f"user:{user_id}", {"type": "task.created", "id": task_id}, conn=conn)
 
 With ``conn`` the event belongs to the caller's transaction: delivered on commit, never on
-rollback. Subscribers get an async iterator of ``Event(id, channel, payload)``; ids grow,
-so a client resumes with the last id it saw (SSE ``Last-Event-ID``).
+rollback — on both backends, and only for a connection of ``db.transaction()`` (a connection
+in a transaction opened any other way is refused with ``ValueError``, by both backends
+alike; a connection outside any transaction publishes at once). Subscribers get an async
+iterator of ``Event(id, channel, payload)``; ids grow, so a client resumes with the last id
+it saw (SSE ``Last-Event-ID``).
 
 Two brokers behind one protocol, chosen once by PUBSUB_BACKEND:
 
-- ``postgres`` (default): an events table + LISTEN/NOTIFY, one listening connection per
-  process (``postgres.py``).
+- ``postgres`` (default): an events table + NOTIFY, heard through the process's notifier
+  (``postgres.py``).
 - ``redis``: Redis Streams for replay + PUBLISH for delivery (``redis.py``). Flip to it when
   NOTIFY's queue fills up (``pg_notification_queue_usage()`` > SIGNAL_NOTIFY_QUEUE_USAGE),
   when publishers contend on NOTIFY's commit lock, or when fan-out spans many instances.
@@ -22,15 +25,19 @@ at most PUBSUB_REPLAY_LIMIT events; events are kept PUBSUB_RETENTION_SECONDS.
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from app.config import Settings, get_settings
-from app.db import Connection, Database, get_database
+from app.config import Settings
+from app.current import Current
+from app.db import Connection, Database
+from app.notifier import Notifier
 from app.pubsub.fanout import Event, SubscriberDropped, Subscription
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
 
 __all__ = [
     "Broker",
@@ -38,9 +45,8 @@ __all__ = [
     "SubscriberDropped",
     "Subscription",
     "create_broker",
-    "get_broker",
+    "current_broker",
     "publish",
-    "set_broker",
     "subscribe",
 ]
 
@@ -59,7 +65,10 @@ class Broker(Protocol):
     def health(self) -> tuple[str, bool]: ...
 
 
-def create_broker(settings: Settings, db: Database) -> Broker:
+def create_broker(
+    settings: Settings, db: Database, notifier: Notifier, redis: Redis | None = None
+) -> Broker:
+    """The broker PUBSUB_BACKEND names; ``notifier`` is the one of the same backend."""
     options = {
         "queue_size": settings.pubsub_queue_size,
         "replay_limit": settings.pubsub_replay_limit,
@@ -67,41 +76,20 @@ def create_broker(settings: Settings, db: Database) -> Broker:
     if settings.pubsub_backend == "redis":
         from app.pubsub.redis import RedisBroker
 
-        assert settings.redis_url is not None  # enforced by Settings
+        if redis is None:
+            raise ValueError("PUBSUB_BACKEND=redis needs a Redis client (REDIS_URL)")
         return RedisBroker(
-            db,
-            settings.redis_url,
-            retention_seconds=settings.pubsub_retention_seconds,
-            **options,
+            db, redis, notifier, retention_seconds=settings.pubsub_retention_seconds, **options
         )
     from app.pubsub.postgres import PostgresBroker
 
-    return PostgresBroker(db, **options)
+    return PostgresBroker(db, notifier, **options)
 
 
-_current: Broker | None = None
-_starting = asyncio.Lock()
+current_broker: Current[Broker] = Current("the pub/sub broker")
 
 
-def set_broker(broker: Broker | None) -> None:
-    """Register the process's broker (the app lifespan does this)."""
-    global _current
-    _current = broker
-
-
-async def get_broker() -> Broker:
-    """The registered broker, or one started from Settings for a plain script."""
-    global _current
-    if _current is None:
-        async with _starting:
-            if _current is None:
-                broker = create_broker(get_settings(), await get_database())
-                await broker.start()
-                _current = broker
-    return _current
-
-
-def _check_channel(channel: str) -> None:
+def check_channel(channel: str) -> None:
     if not CHANNEL_NAME.match(channel):
         raise ValueError(f"invalid channel name {channel!r}: 1-48 of [A-Za-z0-9_.:-]")
 
@@ -109,9 +97,9 @@ def _check_channel(channel: str) -> None:
 async def publish(
     channel: str, payload: dict[str, Any], *, conn: Connection | None = None
 ) -> int | None:
-    """Publish ``payload`` on ``channel``; returns the event id (None when deferred to commit)."""
-    _check_channel(channel)
-    return await (await get_broker()).publish(channel, payload, conn=conn)
+    """Publish on the open services' broker; the event id (None when deferred to commit)."""
+    check_channel(channel)
+    return await current_broker.get().publish(channel, payload, conn=conn)
 
 
 @asynccontextmanager
@@ -120,10 +108,27 @@ async def subscribe(
 ) -> AsyncIterator[Subscription]:
     """Subscribe for the duration of the block; events after ``since`` are replayed first."""
     for channel in channels:
-        _check_channel(channel)
-    broker = await get_broker()
+        check_channel(channel)
+    broker = current_broker.get()
     subscription = await broker.subscribe(channels, since=since)
     try:
         yield subscription
     finally:
         await broker.unsubscribe(subscription)
+
+
+def in_caller_transaction(db: Database, conn: Connection) -> bool:
+    """For ``publish(conn=...)``: True when the event must follow ``conn``'s transaction.
+
+    False when ``conn`` is outside any transaction (publish at once). ValueError when it
+    is in a transaction that ``db.transaction()`` did not open: both brokers refuse it,
+    since the Redis one could not follow that commit.
+    """
+    if not conn.is_in_transaction():
+        return False
+    if not db.owns_transaction(conn):
+        raise ValueError(
+            "publish(conn=...) inside a transaction needs a connection of db.transaction(), "
+            "so that the event can follow the commit"
+        )
+    return True

@@ -6,11 +6,10 @@ at COMMIT and drops them on ROLLBACK, so subscribers never hear of data that doe
 The notification carries ``"<id> <payload json>"`` when that fits comfortably under
 NOTIFY's 8,000-byte limit, else just ``"<id>"`` and the listener reads the payload row.
 
-Each process keeps ONE dedicated listening connection, outside every pool (a pool's reset
-would UNLISTEN it), on DATABASE_DIRECT_URL (PgBouncer in transaction mode cannot LISTEN).
-It LISTENs on a channel while at least one local subscriber wants it. When the connection
-drops (server restart, network cut, pg_terminate_backend) the listener reconnects with
-backoff, LISTENs again and replays from the table what was published meanwhile; the
+Notifications arrive through the process's notifier (its one LISTEN connection), which
+listens on a channel while at least one local subscriber wants it. When that connection
+drops (server restart, network cut, pg_terminate_backend) the notifier reconnects and says
+so; the broker then replays from the table what was published meanwhile, and the
 fan-out's id memory turns the overlap into no duplicates.
 
 Limits: identifiers are assigned at INSERT, not at COMMIT, so a replay by id can miss an
@@ -28,10 +27,10 @@ from typing import Any
 
 import asyncpg
 import orjson
-from asyncpg.pool import PoolConnectionProxy
-from prometheus_client import Counter, Gauge
 
 from app.db import Connection, Database
+from app.notifier import Notifier, Unlisten
+from app.pubsub import in_caller_transaction
 from app.pubsub.fanout import Event, Fanout, Subscription
 
 log = logging.getLogger(__name__)
@@ -39,9 +38,6 @@ log = logging.getLogger(__name__)
 NOTIFY_PREFIX = "pgfirst."
 INLINE_PAYLOAD_BYTES = 7_000  # NOTIFY refuses 8,000 bytes and more; keep a margin
 REPLAY_LOOKBACK_IDS = 1_000
-
-LISTENER_CONNECTED = Gauge("pubsub_listener_connected", "1 while the LISTEN connection is up.")
-LISTENER_RECONNECTS = Counter("pubsub_listener_reconnects_total", "LISTEN connection re-opened.")
 
 # Store the event and notify in one round trip; the CASE keeps NOTIFY under its size limit.
 PUBLISH_EVENT = """
@@ -75,21 +71,18 @@ class PostgresBroker:
     def __init__(
         self,
         db: Database,
+        notifier: Notifier,
         *,
         queue_size: int = 1_000,
         replay_limit: int = 1_000,
-        reconnect_max_delay: float = 5.0,
     ) -> None:
         self.db = db
+        self.notifier = notifier
         self.fanout = Fanout(queue_size=queue_size)
         self.replay_limit = replay_limit
-        self.reconnect_max_delay = reconnect_max_delay
-        self._listener: asyncpg.Connection[Any] | None = None
-        self._listener_lock = asyncio.Lock()
-        self._supervisor: asyncio.Task[None] | None = None
-        self._lost = asyncio.Event()
-        self._stopping = False
-        self.connected = False
+        self._unlisten: dict[str, Unlisten] = {}
+        self._forget_state: Any = None
+        self._missed = False  # the notifier was lost since the last replay
         # Notifications are handled in arrival (= commit) order by one task; a replay
         # holds the lock so that older replayed events go out before newer live ones.
         self._inbox: asyncio.Queue[tuple[int, str, str]] = asyncio.Queue()
@@ -106,24 +99,24 @@ class PostgresBroker:
         except asyncpg.UndefinedTableError:
             # Schema behind the code: serve anyway; /readyz reports the migrations.
             log.warning("pubsub: events table missing; run `app migrate`")
-        await self._connect()
-        self._supervisor = asyncio.create_task(self._supervise(), name="pubsub-listener")
+        self._forget_state = self.notifier.on_state(self._on_notifier_state)
         self._dispatcher = asyncio.create_task(self._dispatch_inbox(), name="pubsub-dispatch")
 
     async def stop(self) -> None:
-        self._stopping = True
-        tasks = [task for task in (self._supervisor, self._dispatcher) if task is not None]
+        if self._forget_state is not None:
+            self._forget_state()
+        tasks = [self._dispatcher, *self._background]
         for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+            if task is not None:
+                task.cancel()
+        await asyncio.gather(*(t for t in tasks if t is not None), return_exceptions=True)
         self.fanout.close_all()
-        if self._listener is not None and not self._listener.is_closed():
-            await self._listener.close()
-        self.connected = False
-        LISTENER_CONNECTED.set(0)
+        for unlisten in self._unlisten.values():
+            await unlisten()
+        self._unlisten.clear()
 
     def health(self) -> tuple[str, bool]:
-        return ("listening" if self.connected else "reconnecting"), self.connected
+        return self.notifier.health()
 
     # --- publish / subscribe -------------------------------------------------------------
 
@@ -132,7 +125,8 @@ class PostgresBroker:
     ) -> int:
         body = orjson.dumps(payload).decode()
         args = (channel, body, NOTIFY_PREFIX + channel, INLINE_PAYLOAD_BYTES)
-        if conn is not None:
+        if conn is not None and in_caller_transaction(self.db, conn):
+            # In the caller's transaction: the row and the NOTIFY commit with it.
             row = await conn.fetchrow(PUBLISH_EVENT, *args)
         else:
             async with self.db.acquire() as own:
@@ -143,8 +137,10 @@ class PostgresBroker:
     async def subscribe(self, channels: list[str], *, since: int | None = None) -> Subscription:
         subscription, new_channels = self.fanout.add(channels)
         try:
-            if new_channels:
-                await self._listen(new_channels)
+            for channel in new_channels:
+                self._unlisten[channel] = await self.notifier.listen(
+                    NOTIFY_PREFIX + channel, self._on_notification
+                )
             if since is not None:
                 subscription.preload(await self._events_since(channels, since))
         except BaseException:
@@ -153,87 +149,44 @@ class PostgresBroker:
         return subscription
 
     async def unsubscribe(self, subscription: Subscription) -> None:
-        emptied = self.fanout.remove(subscription)
-        if emptied:
-            await self._unlisten(emptied)
+        await self._unlisten_channels(self.fanout.remove(subscription))
 
     async def prune(self, older_than_seconds: float, batch: int = 10_000) -> int:
         return await prune_events(self.db, older_than_seconds, batch)
 
-    # --- the listening connection --------------------------------------------------------
+    # --- delivery ------------------------------------------------------------------------
 
-    async def _connect(self) -> None:
-        conn = await self.db.connect_direct()
-        conn.add_termination_listener(self._on_terminated)
-        self._listener = conn
-        self._lost.clear()
-        async with self._listener_lock:
-            for channel in self.fanout.channels():
-                await conn.add_listener(NOTIFY_PREFIX + channel, self._on_notification)
-        self.connected = True
-        LISTENER_CONNECTED.set(1)
-
-    async def _supervise(self) -> None:
-        """Wait for the connection to drop; reconnect with backoff and replay the gap."""
-        while not self._stopping:
-            await self._lost.wait()
-            self.connected = False
-            LISTENER_CONNECTED.set(0)
-            delay = 0.05
-            while not self._stopping:
-                try:
-                    await self._connect()
-                    LISTENER_RECONNECTS.inc()
-                    await self._replay_gap()
-                    log.info("pubsub listener reconnected")
-                    break
-                except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-                    log.warning("pubsub listener reconnect failed: %s", exc)
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, self.reconnect_max_delay)
-
-    def _on_terminated(self, conn: object) -> None:
-        if not self._stopping:
-            log.warning("pubsub listener connection lost")
-            self._lost.set()
+    def _on_notifier_state(self, connected: bool) -> None:
+        if not connected:
+            self._missed = True
+            return
+        if self._missed:
+            self._missed = False
+            self._spawn(self._replay_gap())
 
     async def _replay_gap(self) -> None:
         channels = self.fanout.channels()
         if not channels:
             return
         since = max(0, self.fanout.last_id - REPLAY_LOOKBACK_IDS)
-        async with self._dispatching:
-            for event in await self._events_since(channels, since, limit=None):
-                self._dispatch(event)
+        try:
+            async with self._dispatching:
+                for event in await self._events_since(channels, since, limit=None):
+                    self._dispatch(event)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("pubsub: replay after reconnect failed: %s", exc)
+            self._missed = True  # try again at the next reconnect
 
-    async def _listen(self, channels: list[str]) -> None:
-        async with self._listener_lock:
-            if self._listener is None or self._listener.is_closed():
-                return  # the supervisor LISTENs on every channel when it reconnects
-            for channel in channels:
-                await self._listener.add_listener(NOTIFY_PREFIX + channel, self._on_notification)
+    async def _unlisten_channels(self, channels: list[str]) -> None:
+        for channel in channels:
+            unlisten = self._unlisten.pop(channel, None)
+            if unlisten is not None:
+                await unlisten()
 
-    async def _unlisten(self, channels: list[str]) -> None:
-        async with self._listener_lock:
-            if self._listener is None or self._listener.is_closed():
-                return
-            for channel in channels:
-                try:
-                    await self._listener.remove_listener(
-                        NOTIFY_PREFIX + channel, self._on_notification
-                    )
-                except (OSError, asyncpg.PostgresError):
-                    return  # connection going away; nothing left to unlisten
-
-    def _on_notification(
-        self,
-        conn: asyncpg.Connection[Any] | PoolConnectionProxy[Any],
-        pid: int,
-        channel: str,
-        message: object,
-    ) -> None:
-        event_id_text, _, body = str(message).partition(" ")
-        self._inbox.put_nowait((int(event_id_text), channel.removeprefix(NOTIFY_PREFIX), body))
+    def _on_notification(self, topic: str, message: str) -> None:
+        event_id_text, _, body = message.partition(" ")
+        if event_id_text.isdigit():
+            self._inbox.put_nowait((int(event_id_text), topic.removeprefix(NOTIFY_PREFIX), body))
 
     async def _dispatch_inbox(self) -> None:
         while True:
@@ -249,7 +202,7 @@ class PostgresBroker:
                 try:
                     async with self.db.acquire() as conn:
                         payload = await conn.fetchval(SELECT_PAYLOAD, event_id)
-                except (OSError, asyncpg.PostgresError) as exc:
+                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                     log.warning("pubsub could not read event %s: %s", event_id, exc)
                     continue
                 if payload is not None:
@@ -266,9 +219,12 @@ class PostgresBroker:
     def _dispatch(self, event: Event) -> None:
         emptied = self.fanout.dispatch(event)
         if emptied:
-            task = asyncio.get_running_loop().create_task(self._unlisten(emptied))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            self._spawn(self._unlisten_channels(emptied))
+
+    def _spawn(self, work: Any) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
 
 async def prune_events(db: Database, older_than_seconds: float, batch: int = 10_000) -> int:

@@ -21,10 +21,9 @@ from fastapi import APIRouter, Header, HTTPException, Query, Request, WebSocket
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
-from app.auth.dependencies import AuthDep, CurrentSession, authenticate, bearer_token
 from app.auth.service import Auth, User
 from app.auth.tokens import InvalidToken, issue_access_token, read_access_token
-from app.db import Database
+from app.deps import AuthDep, CurrentSession, ServicesDep, authenticate, bearer_token
 from app.pubsub.streams import open_sse, parse_event_id, run_websocket
 
 router = APIRouter(tags=["realtime"])
@@ -47,7 +46,7 @@ async def create_stream_ticket(session: CurrentSession, auth: AuthDep) -> Ticket
     return Ticket(ticket=ticket, expires_in=TICKET_SECONDS)
 
 
-async def _stream_user(auth: Auth, db: Database, bearer: str | None, ticket: str | None) -> User:
+async def _stream_user(auth: Auth, bearer: str | None, ticket: str | None) -> User:
     if bearer is not None:
         user, _ = await authenticate(auth, bearer)
         return user
@@ -70,42 +69,37 @@ async def _stream_user(auth: Auth, db: Database, bearer: str | None, ticket: str
 )
 async def stream_events(
     request: Request,
-    auth: AuthDep,
+    services: ServicesDep,
     ticket: Annotated[str | None, Query(max_length=2048)] = None,
     last_event_id: Annotated[str | None, Header(max_length=32)] = None,
 ) -> StreamingResponse:
     """Server-Sent Events of the caller's channel; resumes after ``Last-Event-ID``."""
-    db: Database = request.app.state.db
-    user = await _stream_user(auth, db, bearer_token(request), ticket)
+    user = await _stream_user(services.auth, bearer_token(request), ticket)
     return await open_sse(
-        request.app.state.broker,
+        services.broker,
         [user_channel(user.id)],
         since=parse_event_id(last_event_id),
-        heartbeat=request.app.state.settings.pubsub_heartbeat_seconds,
+        heartbeat=services.settings.pubsub_heartbeat_seconds,
     )
 
 
 @router.websocket("/api/ws")
 async def websocket_events(
     websocket: WebSocket,
+    services: ServicesDep,
     ticket: Annotated[str | None, Query(max_length=2048)] = None,
     since: Annotated[str | None, Query(max_length=32)] = None,
 ) -> None:
     """The same events over a WebSocket; ``since`` replays after an event id."""
-    app = websocket.app
-    bearer = None
-    scheme, _, value = websocket.headers.get("authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and value:
-        bearer = value.strip()
     try:
-        user = await _stream_user(app.state.auth, app.state.db, bearer, ticket)
+        user = await _stream_user(services.auth, bearer_token(websocket), ticket)
     except HTTPException:
         await websocket.close(code=1008, reason="not authenticated")  # policy violation
         return
     await run_websocket(
         websocket,
-        app.state.broker,
+        services.broker,
         [user_channel(user.id)],
         since=parse_event_id(since),
-        heartbeat=app.state.settings.pubsub_heartbeat_seconds,
+        heartbeat=services.settings.pubsub_heartbeat_seconds,
     )

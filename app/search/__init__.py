@@ -18,57 +18,56 @@ import asyncio
 from collections.abc import AsyncIterator
 from functools import lru_cache
 
-from app.config import get_settings
-from app.db import Connection, get_database
-from app.jobs import enqueue, job
+from app.config import Settings
+from app.db import Connection, Database
+from app.jobs import Jobs
 from app.search.embedder import Embedder, create_embedder
-from app.search.service import ALL_FROM, SET_EMBEDDING, STALE
+from app.search.jobs import EMBED_JOB
+from app.search.service import ALL_FROM, COUNT_STALE, SET_EMBEDDING, STALE
 
-EMBED_JOB = "pgfirst.embed_task"
-
-
-@lru_cache(maxsize=1)
-def embedder() -> Embedder:
-    settings = get_settings()
-    return create_embedder(settings.embedder, settings.embedder_model)
+__all__ = ["EMBED_JOB", "embedder", "reindex", "reindex_batches", "request_embedding"]
 
 
-async def request_embedding(conn: Connection, task_id: int) -> None:
+def embedder(settings: Settings) -> Embedder:
+    """The embedder EMBEDDER names (a model is loaded once per process)."""
+    return _embedder(settings.embedder, settings.embedder_model)
+
+
+@lru_cache(maxsize=4)
+def _embedder(kind: str, model: str) -> Embedder:
+    return create_embedder(kind, model)
+
+
+async def request_embedding(jobs: Jobs, conn: Connection, task_id: int) -> None:
     """Queue the (re)embedding of a task, in the caller's transaction."""
-    await enqueue(EMBED_JOB, {"task_id": task_id}, conn=conn, unique_key=f"embed:{task_id}")
-
-
-@job(name=EMBED_JOB, queue="search", max_attempts=5, timeout=60)
-async def embed_task(task_id: int) -> None:
-    db = await get_database()
-    async with db.acquire() as conn:
-        row = await conn.fetchrow(
-            "SELECT title, body, updated_at FROM tasks WHERE id = $1", task_id
-        )
-        if row is None:
-            return  # deleted meanwhile
-        vector = await asyncio.to_thread(embedder().embed, f"{row['title']}\n{row['body']}")
-        # Only if the task has not changed since it was read; a newer job follows then.
-        await conn.execute(SET_EMBEDDING, task_id, vector, row["updated_at"])
+    await jobs.enqueue(EMBED_JOB, {"task_id": task_id}, conn=conn, unique_key=f"embed:{task_id}")
 
 
 def _embed_all(model: Embedder, texts: list[str]) -> list[list[float]]:
     return [model.embed(text) for text in texts]
 
 
-async def reindex(*, everything: bool = False, batch: int = 500) -> int:
+async def count_to_embed(db: Database, *, everything: bool = False) -> int:
+    """How many tasks ``reindex`` would embed."""
+    async with db.acquire() as conn:
+        return int(await conn.fetchval(COUNT_STALE, everything))
+
+
+async def reindex(
+    db: Database, model: Embedder, *, everything: bool = False, batch: int = 500
+) -> int:
     """Embed stale tasks (or all of them); returns how many were embedded."""
     done = 0
-    async for count in reindex_batches(everything=everything, batch=batch):
+    async for count in reindex_batches(db, model, everything=everything, batch=batch):
         done += count
     return done
 
 
-async def reindex_batches(*, everything: bool = False, batch: int = 500) -> AsyncIterator[int]:
+async def reindex_batches(
+    db: Database, model: Embedder, *, everything: bool = False, batch: int = 500
+) -> AsyncIterator[int]:
     """Embed in batches of ``batch`` (embedder in a thread); yields each batch's size."""
-    db = await get_database()
     after = 0
-    model = embedder()
     while True:
         async with db.acquire() as conn:
             rows = await conn.fetch(ALL_FROM if everything else STALE, after, batch)

@@ -5,12 +5,10 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, HTTPException, Path, Query, Request
+from fastapi import APIRouter, HTTPException, Path, Query
 from pydantic import BaseModel
 
-from app.auth.dependencies import CurrentUser
-from app.db.deps import ReadConn
-from app.search import embedder
+from app.deps import CurrentUser, ReadConn, ServicesDep
 from app.search import service as sql
 
 router = APIRouter(tags=["search"])
@@ -31,14 +29,14 @@ class SearchResults(BaseModel):
 
 @router.get("/api/search")
 async def search_tasks(
-    request: Request,
+    services: ServicesDep,
     user: CurrentUser,
     conn: ReadConn,
     q: Annotated[str, Query(min_length=1, max_length=10_000)],
     mode: Mode = "fulltext",
     limit: Annotated[int, Query(ge=1)] = 20,
 ) -> SearchResults:
-    settings = request.app.state.settings
+    settings = services.settings
     if limit > settings.search_max_limit:
         raise HTTPException(422, f"limit must be at most {settings.search_max_limit}")
     query = q.strip()[: settings.search_query_max_chars]
@@ -49,7 +47,7 @@ async def search_tasks(
     elif mode == "fuzzy":
         rows = await sql.search_fuzzy(conn, settings, user.id, query, limit)
     else:
-        vector = await asyncio.to_thread(embedder().embed, query)
+        vector = await asyncio.to_thread(services.embedder.embed, query)
         if mode == "semantic":
             rows = await sql.search_semantic(conn, settings, user.id, vector, limit)
         else:
@@ -59,7 +57,7 @@ async def search_tasks(
 
 @router.get("/api/tasks/{task_id}/similar")
 async def list_similar_tasks(
-    request: Request,
+    services: ServicesDep,
     user: CurrentUser,
     conn: ReadConn,
     task_id: Annotated[int, Path(ge=1, le=2**63 - 1)],
@@ -70,5 +68,5 @@ async def list_similar_tasks(
         raise HTTPException(404, "Task not found")
     if not embedded:
         return SearchResults(mode="semantic", items=[])  # its embedding job has not run yet
-    rows = await sql.similar_tasks(conn, request.app.state.settings, user.id, task_id, limit)
+    rows = await sql.similar_tasks(conn, services.settings, user.id, task_id, limit)
     return SearchResults(mode="semantic", items=[Hit(**hit) for hit in sql.rows_out(rows)])

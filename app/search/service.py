@@ -137,6 +137,11 @@ ORDER BY id
 LIMIT $2
 """
 ALL_FROM = "SELECT id, title, body, updated_at FROM tasks WHERE id > $1 ORDER BY id LIMIT $2"
+# $1: every task, or only those STALE would pick.
+COUNT_STALE = """
+SELECT count(*) FROM tasks
+WHERE $1 OR embedded_at IS NULL OR embedded_at < updated_at
+"""
 
 
 def lang_literal(language: str) -> str:

@@ -24,8 +24,8 @@ from __future__ import annotations
 import hashlib
 import secrets
 
-from app.cache import cache
-from app.db import Connection, get_database
+from app.cache import Cache
+from app.db import Connection, Database
 
 VERSION_TTL_SECONDS = 86_400.0
 
@@ -39,7 +39,7 @@ def list_key(user_id: int, version: str, kind: str, query: str) -> str:
     return f"tasks:list:{user_id}:{version}:{kind}:{digest}"
 
 
-async def data_version(user_id: int) -> str:
+async def data_version(cache: Cache, user_id: int) -> str:
     """The user's current data version (created when absent)."""
     key = version_key(user_id)
     version = await cache.get(key)
@@ -54,12 +54,11 @@ async def data_version(user_id: int) -> str:
     return version if isinstance(version, str) else fresh
 
 
-async def data_changed(conn: Connection, user_id: int) -> None:
+async def data_changed(db: Database, cache: Cache, conn: Connection, user_id: int) -> None:
     """Give ``user_id`` a new data version once ``conn``'s transaction commits."""
 
     async def renew() -> None:
         await cache.set(version_key(user_id), secrets.token_hex(6), ttl=VERSION_TTL_SECONDS)
 
-    db = await get_database()
     if not db.after_commit(conn, renew):
         await renew()

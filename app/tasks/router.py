@@ -13,11 +13,9 @@ from typing import Annotated, Any
 import orjson
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response, status
 
-from app.auth.dependencies import CurrentUser
-from app.cache import cache
 from app.cache.http import cache_headers, not_modified, weak_etag
-from app.db import Connection, Database, Record
-from app.db.deps import DatabaseDep
+from app.db import Connection, Record
+from app.deps import CurrentUser, ServicesDep
 from app.pagination import InvalidCursor, read_timestamp_cursor, timestamp_cursor
 from app.search import request_embedding
 from app.tasks import service
@@ -40,11 +38,16 @@ Limit = Annotated[int, Query(ge=1, le=100)]
 Cursor = Annotated[str | None, Query(max_length=512)]
 
 
-async def _secret(request: Request) -> str:
-    return str(request.app.state.settings.secret_key.get_secret_value())
+def _secret(services: ServicesDep) -> str:
+    return services.settings.secret_key.get_secret_value()
+
+
+def _announcer(services: ServicesDep) -> service.Announcer:
+    return service.Announcer(services.db, services.cache, services.broker)
 
 
 Secret = Annotated[str, Depends(_secret)]
+Announce = Annotated[service.Announcer, Depends(_announcer)]
 
 
 def _after(secret: str, cursor: str | None) -> tuple[Any, int] | None:
@@ -75,7 +78,7 @@ def _task(row: Record) -> TaskOut:
 async def list_projects(
     request: Request,
     user: CurrentUser,
-    db: DatabaseDep,
+    services: ServicesDep,
     secret: Secret,
     limit: Limit = 50,
     cursor: Cursor = None,
@@ -83,7 +86,7 @@ async def list_projects(
     after = _after(secret, cursor)
 
     async def load() -> dict[str, Any]:
-        async with db.acquire() as conn:
+        async with services.db.acquire() as conn:
             if after is None:
                 sql = service.LIST_PROJECTS.format(after="")
                 rows = await conn.fetch(sql, user.id, limit + 1)
@@ -94,49 +97,63 @@ async def list_projects(
         page = ProjectPage(items=items, next_cursor=_next_cursor(secret, rows, limit))
         return page.model_dump(mode="json")
 
-    return await _cached_page(request, user.id, "projects", load)
+    return await _cached_page(services, request, user.id, "projects", load)
 
 
 @router.post("/api/projects", status_code=status.HTTP_201_CREATED)
-async def create_project(body: ProjectIn, user: CurrentUser, db: DatabaseDep) -> ProjectOut:
-    async with db.transaction() as conn:
+async def create_project(
+    body: ProjectIn, user: CurrentUser, services: ServicesDep, announce: Announce
+) -> ProjectOut:
+    async with services.db.transaction() as conn:
         row = await conn.fetchrow(service.INSERT_PROJECT, user.id, body.name, body.color)
         assert row is not None
-        await service.announce(conn, user.id, "project.created", ("project", row["id"]), {})
+        await announce(conn, user.id, "project.created", ("project", row["id"]), {})
     return ProjectOut(**dict(row))
 
 
 @router.get("/api/projects/{project_id}", response_model=ProjectOut)
 async def get_project(
-    project_id: RowId, request: Request, response: Response, user: CurrentUser, db: DatabaseDep
+    project_id: RowId,
+    request: Request,
+    response: Response,
+    user: CurrentUser,
+    services: ServicesDep,
 ) -> Any:
     async def load(conn: Connection) -> Record | None:
         return await conn.fetchrow(service.GET_PROJECT, user.id, project_id)
 
-    row = await _conditional_row(request, response, db, user.id, ("project", project_id), load)
+    row = await _conditional_row(
+        request, response, services, user.id, ("project", project_id), load
+    )
     return row if isinstance(row, Response) else ProjectOut(**dict(row))
 
 
 @router.patch("/api/projects/{project_id}")
 async def update_project(
-    project_id: RowId, body: ProjectPatch, user: CurrentUser, db: DatabaseDep
+    project_id: RowId,
+    body: ProjectPatch,
+    user: CurrentUser,
+    services: ServicesDep,
+    announce: Announce,
 ) -> ProjectOut:
-    async with db.transaction() as conn:
+    async with services.db.transaction() as conn:
         row = await conn.fetchrow(
             service.UPDATE_PROJECT, user.id, project_id, body.name, body.color
         )
         if row is None:
             raise HTTPException(404, "Project not found")
-        await service.announce(conn, user.id, "project.updated", ("project", project_id), {})
+        await announce(conn, user.id, "project.updated", ("project", project_id), {})
     return ProjectOut(**dict(row))
 
 
 @router.delete("/api/projects/{project_id}", status_code=status.HTTP_204_NO_CONTENT)
-async def delete_project(project_id: RowId, user: CurrentUser, db: DatabaseDep) -> Response:
-    async with db.transaction() as conn:
+async def delete_project(
+    project_id: RowId, user: CurrentUser, services: ServicesDep, announce: Announce
+) -> Response:
+    async with services.db.transaction() as conn:
         if await conn.fetchval(service.DELETE_PROJECT, user.id, project_id) is None:
             raise HTTPException(404, "Project not found")
-        await service.announce(conn, user.id, "project.deleted", ("project", project_id), {})
+        await announce(conn, user.id, "project.deleted", ("project", project_id), {})
     return Response(status_code=204)
 
 
@@ -147,7 +164,7 @@ async def delete_project(project_id: RowId, user: CurrentUser, db: DatabaseDep) 
 async def list_tasks(
     request: Request,
     user: CurrentUser,
-    db: DatabaseDep,
+    services: ServicesDep,
     secret: Secret,
     project_id: Annotated[int | None, Query(ge=1, le=2**63 - 1)] = None,
     completed: bool | None = None,
@@ -168,7 +185,7 @@ async def list_tasks(
             args.append(project_id)
         if after is not None:
             args.extend(after)
-        async with db.acquire() as conn:
+        async with services.db.acquire() as conn:
             rows = await conn.fetch(sql, *args)
         page = TaskPage(
             items=[_task(row) for row in rows[:limit]],
@@ -176,19 +193,24 @@ async def list_tasks(
         )
         return page.model_dump(mode="json")
 
-    return await _cached_page(request, user.id, "tasks", load)
+    return await _cached_page(services, request, user.id, "tasks", load)
 
 
 async def _cached_page(
-    request: Request, user_id: int, kind: str, load: Callable[[], Awaitable[dict[str, Any]]]
+    services: ServicesDep,
+    request: Request,
+    user_id: int,
+    kind: str,
+    load: Callable[[], Awaitable[dict[str, Any]]],
 ) -> Response:
     """A list page: 304 when the client has this data version, else from the cache."""
-    version = await data_version(user_id)
+    cache = services.cache
+    version = await data_version(cache, user_id)
     query = request.url.query
     headers = cache_headers(weak_etag(version, kind, query))
     if (unchanged := not_modified(request, headers)) is not None:
         return unchanged
-    ttl = request.app.state.settings.cache_list_ttl_seconds
+    ttl = services.settings.cache_list_ttl_seconds
     if ttl > 0:
         page = await cache.get_or_set(list_key(user_id, version, kind, query), load, ttl=ttl)
     else:
@@ -197,8 +219,10 @@ async def _cached_page(
 
 
 @router.post("/api/tasks", status_code=status.HTTP_201_CREATED)
-async def create_task(body: TaskIn, user: CurrentUser, db: DatabaseDep) -> TaskOut:
-    async with db.transaction() as conn:
+async def create_task(
+    body: TaskIn, user: CurrentUser, services: ServicesDep, announce: Announce
+) -> TaskOut:
+    async with services.db.transaction() as conn:
         if body.project_id is not None and not await service.owns_project(
             conn, user.id, body.project_id
         ):
@@ -206,8 +230,8 @@ async def create_task(body: TaskIn, user: CurrentUser, db: DatabaseDep) -> TaskO
         task_id = await conn.fetchval(
             service.INSERT_TASK, user.id, body.project_id, body.title, body.body, body.due_at
         )
-        await service.announce(conn, user.id, "task.created", ("task", task_id), {})
-        await request_embedding(conn, task_id)
+        await announce(conn, user.id, "task.created", ("task", task_id), {})
+        await request_embedding(services.jobs, conn, task_id)
         row = await service.get_task(conn, user.id, task_id)
     assert row is not None
     return _task(row)
@@ -215,28 +239,28 @@ async def create_task(body: TaskIn, user: CurrentUser, db: DatabaseDep) -> TaskO
 
 @router.get("/api/tasks/{task_id}", response_model=TaskOut)
 async def get_task(
-    task_id: RowId, request: Request, response: Response, user: CurrentUser, db: DatabaseDep
+    task_id: RowId, request: Request, response: Response, user: CurrentUser, services: ServicesDep
 ) -> Any:
     async def load(conn: Connection) -> Record | None:
         return await service.get_task(conn, user.id, task_id)
 
-    row = await _conditional_row(request, response, db, user.id, ("task", task_id), load)
+    row = await _conditional_row(request, response, services, user.id, ("task", task_id), load)
     return row if isinstance(row, Response) else _task(row)
 
 
 async def _conditional_row(
     request: Request,
     response: Response,
-    db: Database,
+    services: ServicesDep,
     user_id: int,
     resource: tuple[str, int],
     load: Callable[[Connection], Awaitable[Record | None]],
 ) -> Record | Response:
     """One owned row, or a 304 when the client's ETag is the current data version's."""
-    headers = cache_headers(weak_etag(await data_version(user_id), *resource))
+    headers = cache_headers(weak_etag(await data_version(services.cache, user_id), *resource))
     if (unchanged := not_modified(request, headers)) is not None:
         return unchanged
-    async with db.acquire() as conn:
+    async with services.db.acquire() as conn:
         row = await load(conn)
     if row is None:
         raise HTTPException(404, f"{resource[0].capitalize()} not found")
@@ -246,10 +270,10 @@ async def _conditional_row(
 
 @router.patch("/api/tasks/{task_id}")
 async def update_task(
-    task_id: RowId, body: TaskPatch, user: CurrentUser, db: DatabaseDep
+    task_id: RowId, body: TaskPatch, user: CurrentUser, services: ServicesDep, announce: Announce
 ) -> TaskOut:
     sent = body.model_fields_set
-    async with db.transaction() as conn:
+    async with services.db.transaction() as conn:
         if body.project_id is not None and not await service.owns_project(
             conn, user.id, body.project_id
         ):
@@ -271,18 +295,20 @@ async def update_task(
         event = "task.updated"
         if body.completed is not None:
             event = "task.completed" if body.completed else "task.reopened"
-        await service.announce(conn, user.id, event, ("task", task_id), {})
+        await announce(conn, user.id, event, ("task", task_id), {})
         if "title" in sent or "body" in sent:
-            await request_embedding(conn, task_id)
+            await request_embedding(services.jobs, conn, task_id)
         row = await service.get_task(conn, user.id, task_id)
     assert row is not None
     return _task(row)
 
 
 @router.delete("/api/tasks/{task_id}", status_code=status.HTTP_204_NO_CONTENT)
-async def delete_task(task_id: RowId, user: CurrentUser, db: DatabaseDep) -> Response:
-    async with db.transaction() as conn:
+async def delete_task(
+    task_id: RowId, user: CurrentUser, services: ServicesDep, announce: Announce
+) -> Response:
+    async with services.db.transaction() as conn:
         if await conn.fetchval(service.DELETE_TASK, user.id, task_id) is None:
             raise HTTPException(404, "Task not found")
-        await service.announce(conn, user.id, "task.deleted", ("task", task_id), {})
+        await announce(conn, user.id, "task.deleted", ("task", task_id), {})
     return Response(status_code=204)

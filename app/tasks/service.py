@@ -11,8 +11,9 @@ from __future__ import annotations
 from typing import Any
 
 from app.activity import record
-from app.db import Connection, Record
-from app.pubsub import publish
+from app.cache import Cache
+from app.db import Connection, Database, Record
+from app.pubsub import Broker
 from app.tasks.caching import data_changed
 
 TASK_COLUMNS = """
@@ -107,11 +108,25 @@ async def owns_project(conn: Connection, user_id: int, project_id: int) -> bool:
     return bool(await conn.fetchval(OWNS_PROJECT, user_id, project_id))
 
 
-async def announce(
-    conn: Connection, user_id: int, event: str, subject: tuple[str, int], data: dict[str, Any]
-) -> None:
-    """Activity row + realtime event in the caller's transaction; a new data version for
-    the user's cached reads once it commits (app/tasks/caching.py)."""
-    await record(conn, user_id, event, subject, data)
-    await publish(f"user:{user_id}", {"type": event, "id": subject[1], **data}, conn=conn)
-    await data_changed(conn, user_id)
+class Announcer:
+    """Tells the rest of the system about a change: the log, the stream, the caches."""
+
+    def __init__(self, db: Database, cache: Cache, broker: Broker) -> None:
+        self.db = db
+        self.cache = cache
+        self.broker = broker
+
+    async def __call__(
+        self,
+        conn: Connection,
+        user_id: int,
+        event: str,
+        subject: tuple[str, int],
+        data: dict[str, Any],
+    ) -> None:
+        """Activity row + realtime event in the caller's transaction; a new data version
+        for the user's cached reads once it commits (app/tasks/caching.py)."""
+        await record(conn, user_id, event, subject, data)
+        payload = {"type": event, "id": subject[1], **data}
+        await self.broker.publish(f"user:{user_id}", payload, conn=conn)
+        await data_changed(self.db, self.cache, conn, user_id)

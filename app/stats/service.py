@@ -1,4 +1,4 @@
-"""Materialized views: the database's own cache for expensive aggregations.
+"""Statistics from a materialized view: the database's own cache for an expensive aggregate.
 
 ``user_stats`` (migration 0011) holds per-user task counts and last activity. It is
 refreshed with ``REFRESH MATERIALIZED VIEW CONCURRENTLY`` — readers keep reading the old
@@ -17,19 +17,15 @@ from __future__ import annotations
 import logging
 import time
 from datetime import datetime
-from typing import Any
 
-from fastapi import APIRouter, HTTPException, Request, Response
 from pydantic import BaseModel
 
-from app.auth.dependencies import CurrentUser
-from app.cache.http import cache_headers, not_modified, weak_etag
-from app.db import Database
-from app.db.deps import DatabaseDep
+from app.config import Settings
+from app.db import Database, Record
+from app.jobs import JobKind
+from app.jobs.cron import Cron
 
 log = logging.getLogger(__name__)
-
-router = APIRouter(tags=["stats"])
 
 # Taken with a transaction-level advisory lock so that two workers never refresh at once
 # (a second CONCURRENTLY refresh would wait for the first anyway, then redo its work).
@@ -75,21 +71,12 @@ class UserStats(BaseModel):
     refreshed_at: datetime
 
 
-@router.get("/api/stats/me", response_model=UserStats)
-async def my_stats(request: Request, response: Response, user: CurrentUser, db: DatabaseDep) -> Any:
-    """Your task counts from the ``user_stats`` view, as of ``refreshed_at``."""
+async def read_user_stats(db: Database, user_id: int) -> UserStats | None:
+    """The user's row of the view as of its last refresh; None before the first refresh."""
     async with db.acquire(read=True) as conn:
-        row = await conn.fetchrow(STATS_FOR_USER, user.id)
+        row: Record | None = await conn.fetchrow(STATS_FOR_USER, user_id)
     if row is None:
-        raise HTTPException(503, "Statistics are not available yet")
-    refreshed_at: datetime = row["refreshed_at"]
-    # Cacheable by the browser for a minute: the view itself changes far less often.
-    headers = cache_headers(
-        weak_etag("stats", user.id, refreshed_at.isoformat()), "private, max-age=60"
-    )
-    if (unchanged := not_modified(request, headers)) is not None:
-        return unchanged
-    response.headers.update(headers)
+        return None
     tasks = row["task_count"] or 0
     completed = row["completed_count"] or 0
     return UserStats(
@@ -97,5 +84,17 @@ async def my_stats(request: Request, response: Response, user: CurrentUser, db: 
         completed_count=completed,
         open_count=tasks - completed,
         last_activity_at=row["last_activity_at"],
-        refreshed_at=refreshed_at,
+        refreshed_at=row["refreshed_at"],
     )
+
+
+REFRESH_JOB = "pgfirst.refresh_user_stats"
+
+
+def stats_jobs(db: Database, settings: Settings) -> list[JobKind]:
+    """``pgfirst.refresh_user_stats``: checked every minute, refreshes when due."""
+
+    async def refresh() -> bool:
+        return await refresh_user_stats(db, every=settings.stats_refresh_seconds)
+
+    return [JobKind(REFRESH_JOB, refresh, timeout=600, cron=Cron.parse("* * * * *"))]

@@ -1,0 +1,35 @@
+"""The queue's own job: ``pgfirst.prune_jobs`` deletes finished jobs past the retention."""
+
+from __future__ import annotations
+
+from app.config import Settings
+from app.db import Database
+from app.jobs.cron import Cron
+from app.jobs.registry import JobKind
+
+PRUNE_JOBS = """
+DELETE FROM jobs
+WHERE id = ANY(ARRAY(
+    SELECT id FROM jobs
+    WHERE finished_at < now() - make_interval(secs => $1)
+    LIMIT $2
+))
+"""
+
+
+async def prune_jobs(db: Database, older_than_seconds: float, batch: int = 10_000) -> int:
+    """Delete finished jobs older than the retention, a batch at a time; returns the count."""
+    deleted = 0
+    while True:
+        async with db.acquire() as conn:
+            count = int((await conn.execute(PRUNE_JOBS, older_than_seconds, batch)).split()[-1])
+        deleted += count
+        if count < batch:
+            return deleted
+
+
+def queue_jobs(db: Database, settings: Settings) -> list[JobKind]:
+    async def prune() -> int:
+        return await prune_jobs(db, settings.jobs_retention_hours * 3600)
+
+    return [JobKind("pgfirst.prune_jobs", prune, cron=Cron.parse("*/10 * * * *"))]
