@@ -19,8 +19,8 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from app.db.readiness import check_readiness
 from app.deps import ServicesDep, bearer_token, is_operator
-from app.observability.health import check_readiness
 
 router = APIRouter(tags=["ops"])
 

@@ -1,5 +1,5 @@
 """Readiness: the database answers within READINESS_TIMEOUT and its schema is at the
-migrations head this code expects (the routes are in ``router.py``)."""
+migrations head this code expects (served at /readyz by app/observability/router.py)."""
 
 from __future__ import annotations
 
