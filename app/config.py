@@ -158,6 +158,7 @@ class Settings(BaseSettings):
     rate_limit_login_per_ip: int = Field(30, ge=1, description="Logins per IP per window.")
     rate_limit_login_per_email: int = Field(5, ge=1, description="Logins per email per window.")
     rate_limit_signup_per_ip: int = Field(10, ge=1, description="Signups per IP per window.")
+    rate_limit_signup_per_email: int = Field(3, ge=1, description="Signups per email per window.")
     rate_limit_reset_per_ip: int = Field(10, ge=1, description="Reset requests per IP.")
     rate_limit_reset_per_email: int = Field(3, ge=1, description="Reset requests per email.")
     trusted_proxy_header: str | None = Field(

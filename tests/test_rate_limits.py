@@ -22,7 +22,9 @@ async def limited_client(
         "rate_limit_login_per_email": 3,
         "rate_limit_login_per_ip": 5,
         "rate_limit_reset_per_email": 2,
+        "rate_limit_signup_per_email": 2,
         "rate_limit_window_seconds": 3600,
+        "trusted_proxy_header": "x-client-ip",
     }
     if request.param == "redis":
         overrides["redis_url"] = await flushed_redis(request.getfixturevalue("redis_url"))
@@ -71,6 +73,25 @@ async def test_reset_is_limited_per_email(limited_client: httpx.AsyncClient) -> 
         for _ in range(3)
     ]
     assert statuses == [202, 202, 429]
+
+
+async def test_signup_is_limited_per_email_across_addresses_and_mails_stop(
+    limited_client: httpx.AsyncClient,
+) -> None:
+    body = {"email": "target@example.com", "password": PASSWORD}
+    answers = [
+        await limited_client.post(
+            "/api/auth/signup", json=body, headers={"x-client-ip": f"198.51.100.{n}"}
+        )
+        for n in range(1, 5)
+    ]
+    assert [a.status_code for a in answers] == [202, 202, 429, 429]
+    assert 0 < int(answers[-1].headers["retry-after"]) <= 3600
+    # One verification mail, then one "someone tried to sign up" notice; nothing after.
+    app = limited_client.app  # type: ignore[attr-defined]
+    async with app.state.services.db.acquire() as conn:
+        mails = await conn.fetchval("SELECT count(*) FROM jobs WHERE name = 'pgfirst.send_email'")
+    assert mails == 2
 
 
 @pytest.mark.parametrize("backend", ["postgres", "redis"])

@@ -73,7 +73,7 @@ def _busy() -> HTTPException:
 
 @router.post("/signup", status_code=status.HTTP_202_ACCEPTED)
 async def sign_up(body: Credentials, request: Request, services: ServicesDep) -> Accepted:
-    await enforce_limits(services, request, "signup")
+    await enforce_limits(services, request, "signup", body.email)
     auth = services.auth
     _check_policy(body.password)
     try:
