@@ -28,6 +28,7 @@ import contextlib
 import functools
 import logging
 import statistics
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -36,9 +37,9 @@ import asyncpg
 import uvloop
 
 from app.config import load_settings
-from app.db import Database, set_database
-from app.jobs import enqueue, enqueue_many, job
+from app.jobs import enqueue, enqueue_many, job, jobs_in
 from app.jobs.worker import Worker
+from app.services import open_services
 from scripts.benchkit import percentile, postgres
 
 PICKUPS = 200
@@ -84,10 +85,10 @@ async def run_pgfirst(dsn: str, jobs: int) -> dict[str, float]:
     settings = load_settings(
         env="test", database_url=dsn, jobs_poll_interval=1.0, db_pool_max=12, log_level="WARNING"
     )
-    db = await Database.connect(settings, dsn)
-    set_database(db)
-    try:
-        async with db.acquire() as conn:
+    # The bench's own job kinds, from this module whatever name it runs under (__main__).
+    bench_jobs = jobs_in(sys.modules[__name__])
+    async with open_services(settings, dsn=dsn, extra_jobs=bench_jobs) as services:
+        async with services.db.acquire() as conn:
             await conn.execute("TRUNCATE jobs")
         began = time.perf_counter()
         await enqueue_many("bench.noop", [{}] * jobs)
@@ -95,7 +96,7 @@ async def run_pgfirst(dsn: str, jobs: int) -> dict[str, float]:
 
         _remaining = jobs
         _all_done.clear()
-        worker = Worker(db, settings, concurrency=10)
+        worker = Worker(services.jobs, concurrency=10)
         began = time.perf_counter()
         task = asyncio.create_task(worker.run())
         await _all_done.wait()
@@ -107,9 +108,6 @@ async def run_pgfirst(dsn: str, jobs: int) -> dict[str, float]:
         )
         worker.stop()
         await task
-    finally:
-        set_database(None)
-        await db.close()
     return {
         "bulk enqueue jobs/s": enqueue_rate,
         "drain jobs/s": drain_rate,
