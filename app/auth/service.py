@@ -6,7 +6,16 @@ revokes the family (someone else holds a copy). Ending sessions:
 
 - ``logout``: the family of the presented access token;
 - ``logout_all``, password change and password reset: every family of the user, and
-  ``tokens_valid_after = now()`` so outstanding access tokens stop working at once.
+  ``tokens_valid_after`` moves to the present, so outstanding access tokens stop working
+  at once.
+
+One clock decides which access tokens a logout-all ends: the app's. A token's ``iat``
+comes from it (as its ``exp``, which every app host checks against its own clock anyway),
+so ``tokens_valid_after`` is written from it too — never from the database's ``now()``,
+whose clock may be seconds away: behind, a token issued just before the logout would
+live on; ahead, fresh logins would be refused. Both are kept in whole milliseconds:
+``iat`` rounded down, the cut-off set to the next millisecond, so a token issued in the
+millisecond of a logout-all counts as issued before it.
 
 What a token's session looks like (user, admin flag, still standing?) is cached for
 CACHE_AUTH_TTL_SECONDS under a key that carries the user's *session generation*
@@ -18,10 +27,13 @@ before a logout is stored under the old generation and never served afterwards.
 
 from __future__ import annotations
 
+import math
 import secrets
+import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from app.auth.mail import SEND_EMAIL_JOB, Message
 from app.auth.passwords import Passwords
@@ -32,7 +44,7 @@ from app.db import Connection, Database
 from app.jobs import Jobs
 
 INSERT_USER = """
-INSERT INTO users (email, password_hash) VALUES ($1, $2)
+INSERT INTO users (email, password_hash, tokens_valid_after) VALUES ($1, $2, $3)
 ON CONFLICT (email) DO NOTHING
 RETURNING id
 """
@@ -40,7 +52,8 @@ USER_BY_EMAIL = "SELECT id, password_hash FROM users WHERE email = $1"
 # One query per authenticated request: the user, and whether the session still stands.
 USER_FOR_TOKEN = """
 SELECT u.id, u.email, u.is_admin, u.email_verified_at, u.created_at,
-       extract(epoch FROM u.tokens_valid_after) AS valid_after,
+       -- whole milliseconds, as iat: the cut-off is never earlier than written
+       ceil(extract(epoch FROM u.tokens_valid_after) * 1000)::bigint AS valid_after_ms,
        EXISTS (SELECT 1 FROM refresh_tokens r
                WHERE r.family_id = $2 AND r.user_id = u.id AND r.revoked_at IS NULL) AS live
 FROM users u
@@ -73,7 +86,7 @@ WITH revoked AS (
     UPDATE refresh_tokens SET revoked_at = now()
     WHERE user_id = $1 AND revoked_at IS NULL
 )
-UPDATE users SET tokens_valid_after = now() WHERE id = $1
+UPDATE users SET tokens_valid_after = $2 WHERE id = $1
 """
 INSERT_ONE_TIME = """
 INSERT INTO one_time_tokens (token_hash, user_id, purpose, expires_at)
@@ -87,8 +100,8 @@ RETURNING user_id
 SET_PASSWORD = "UPDATE users SET password_hash = $2 WHERE id = $1"
 # xmax = 0: the row was inserted by this statement, not updated.
 UPSERT_ADMIN = """
-INSERT INTO users (email, password_hash, is_admin, email_verified_at)
-VALUES ($1, $2, true, now())
+INSERT INTO users (email, password_hash, is_admin, email_verified_at, tokens_valid_after)
+VALUES ($1, $2, true, now(), $3)
 ON CONFLICT (email) DO UPDATE SET is_admin = true
 RETURNING id, (xmax = 0) AS created
 """
@@ -114,16 +127,26 @@ class User:
 
 
 class Auth:
-    """The auth capability of one process: settings, hasher, database, cache, mail queue."""
+    """The auth capability of one process: settings, hasher, database, cache, mail queue.
+
+    ``clock`` (Unix seconds) times access tokens and the end of sessions; tests skew it.
+    """
 
     def __init__(
-        self, settings: Settings, db: Database, passwords: Passwords, cache: Cache, jobs: Jobs
+        self,
+        settings: Settings,
+        db: Database,
+        passwords: Passwords,
+        cache: Cache,
+        jobs: Jobs,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
         self.db = db
         self.passwords = passwords
         self.cache = cache
         self.jobs = jobs
+        self.clock = clock
         self.secret = settings.secret_key.get_secret_value()
 
     # --- accounts ----------------------------------------------------------------------
@@ -132,7 +155,9 @@ class Auth:
         """Create the account; None when the email is taken (the caller says the same)."""
         password_hash = await self.passwords.hash(password)
         async with self.db.transaction() as conn:
-            user_id: int | None = await conn.fetchval(INSERT_USER, email, password_hash)
+            user_id: int | None = await conn.fetchval(
+                INSERT_USER, email, password_hash, self._cutoff()
+            )
             if user_id is None:
                 await self._send_email(
                     Message(
@@ -178,7 +203,7 @@ class Auth:
 
     async def logout_all(self, user_id: int) -> None:
         async with self.db.acquire() as conn:
-            await conn.execute(REVOKE_ALL, user_id)
+            await conn.execute(REVOKE_ALL, user_id, self._cutoff())
         await self.forget_sessions(user_id)
 
     async def change_password(self, user_id: int, current: str, new: str) -> bool:
@@ -190,7 +215,7 @@ class Auth:
         new_hash = await self.passwords.hash(new)
         async with self.db.transaction() as conn:
             await conn.execute(SET_PASSWORD, user_id, new_hash)
-            await conn.execute(REVOKE_ALL, user_id)
+            await conn.execute(REVOKE_ALL, user_id, self._cutoff())
         await self.forget_sessions(user_id)
         return True
 
@@ -213,7 +238,7 @@ class Auth:
             if user_id is None:
                 return False
             await conn.execute(SET_PASSWORD, user_id, password_hash)
-            await conn.execute(REVOKE_ALL, user_id)
+            await conn.execute(REVOKE_ALL, user_id, self._cutoff())
             await conn.execute(MARK_VERIFIED, user_id)  # the link proved the address
         await self.forget_sessions(user_id)
         return True
@@ -232,7 +257,7 @@ class Auth:
         its password unchanged; True when the account was created."""
         password_hash = await self.passwords.hash(password)
         async with self.db.transaction() as conn:
-            row = await conn.fetchrow(UPSERT_ADMIN, email, password_hash)
+            row = await conn.fetchrow(UPSERT_ADMIN, email, password_hash, self._cutoff())
         assert row is not None
         # Sessions cached as non-admin would otherwise linger for CACHE_AUTH_TTL_SECONDS.
         await self.forget_sessions(row["id"])
@@ -245,8 +270,9 @@ class Auth:
     ) -> User | None:
         """The user behind a valid access token, or None if its session has ended.
 
-        The answer is cached for CACHE_AUTH_TTL_SECONDS under ``auth:<user>:<family>``;
-        every change that ends sessions or alters the user calls ``forget_sessions``.
+        The answer is cached for CACHE_AUTH_TTL_SECONDS under
+        ``auth:<user>:<generation>:<family>``; every change that ends sessions or alters the
+        user calls ``forget_sessions``, which moves the generation on.
         """
         ttl = self.settings.cache_auth_ttl_seconds
         key = session_key(user_id, await self._generation(user_id), family_id) if ttl > 0 else ""
@@ -262,7 +288,7 @@ class Auth:
                 row["is_admin"],
                 row["email_verified_at"].timestamp() if row["email_verified_at"] else None,
                 row["created_at"].timestamp(),
-                float(row["valid_after"]),
+                row["valid_after_ms"] / 1000,
                 row["live"],
             ]
             if ttl > 0:
@@ -311,8 +337,14 @@ class Auth:
         days = self.settings.refresh_token_ttl_days
         await conn.execute(INSERT_REFRESH, user_id, family, refresh_hash, days)
         ttl = self.settings.access_token_ttl_seconds
-        access = issue_access_token(self.secret, user_id, family, ttl)
+        access = issue_access_token(self.secret, user_id, family, ttl, now=self.clock())
         return Session(access, refresh, ttl)
+
+    def _cutoff(self) -> datetime:
+        """The new ``tokens_valid_after``: the millisecond after this one on ``clock``, so
+        every token issued until now, ``iat`` rounded down, falls before it."""
+        millis = math.floor(self.clock() * 1000) + 1
+        return datetime.fromtimestamp(millis // 1000, UTC) + timedelta(milliseconds=millis % 1000)
 
     async def _send_verification(self, conn: Connection, user_id: int, email: str) -> None:
         token, token_hash = new_secret()

@@ -4,9 +4,10 @@ Access tokens are HS256 JWTs signed with SECRET_KEY; decoding pins the algorithm
 ``alg: none`` and algorithm-confusion tokens are refused) and requires exp, iat, sub and
 jti. A *stream ticket* is the same token with ``typ: stream`` and a 60-second life, for
 EventSource and WebSocket clients, which cannot send an Authorization header.
-``iat`` carries milliseconds so that a token issued after a password change is never
-confused with one issued before it (``users.tokens_valid_after``). ``fam`` names the
-refresh-token family of the session, so logout ends the access token too.
+``iat`` carries milliseconds, rounded down, so that a token issued before a password
+change is never taken for one issued after it (``users.tokens_valid_after``, written
+from the same clock by ``service.py``). ``fam`` names the refresh-token family of the
+session, so logout ends the access token too.
 
 Every other token is 32 random bytes (``secrets.token_urlsafe``) handed to the client
 once; the database keeps only its SHA-256. A leaked database therefore leaks no usable
@@ -16,6 +17,7 @@ token — and unlike passwords these have full entropy, so a fast hash is enough
 from __future__ import annotations
 
 import hashlib
+import math
 import secrets
 import time
 import uuid
@@ -40,14 +42,23 @@ class AccessClaims:
 
 
 def issue_access_token(
-    secret: str, user_id: int, family_id: uuid.UUID, ttl: int, kind: str = "access"
+    secret: str,
+    user_id: int,
+    family_id: uuid.UUID,
+    ttl: int,
+    kind: str = "access",
+    *,
+    now: float | None = None,
 ) -> str:
-    now = round(time.time(), 3)
+    """A signed token issued at ``now`` (Unix seconds; default: this host's clock)."""
+    issued = time.time() if now is None else now
+    # Rounding up could date a token issued before a logout-all after it.
+    iat = math.floor(issued * 1000) / 1000
     claims: dict[str, Any] = {
         "sub": str(user_id),
         "fam": str(family_id),
-        "iat": now,
-        "exp": int(now) + ttl,
+        "iat": iat,
+        "exp": int(iat) + ttl,
         "jti": uuid.uuid4().hex,
         "typ": kind,
     }
