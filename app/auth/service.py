@@ -37,6 +37,7 @@ from datetime import UTC, datetime, timedelta
 
 from app.auth.mail import SEND_EMAIL_JOB, Message
 from app.auth.passwords import Passwords
+from app.auth.pruning import GRACE_SECONDS, prune_tokens
 from app.auth.tokens import hash_secret, issue_access_token, new_secret
 from app.cache import Cache
 from app.config import Settings
@@ -262,6 +263,13 @@ class Auth:
         # Sessions cached as non-admin would otherwise linger for CACHE_AUTH_TTL_SECONDS.
         await self.forget_sessions(row["id"])
         return bool(row["created"])
+
+    async def prune_tokens(
+        self, *, batch: int = 5_000, grace_seconds: float = GRACE_SECONDS
+    ) -> int:
+        """Delete refresh and one-time tokens expired over ``grace_seconds`` ago, ``batch``
+        rows per statement; the count (``pruning.py`` says why expiry and not use)."""
+        return await prune_tokens(self.db, batch=batch, grace_seconds=grace_seconds)
 
     # --- requests ----------------------------------------------------------------------
 
