@@ -16,7 +16,8 @@ import tests.jobs_fixtures as fixtures
 from app.config import Settings
 from app.db import Database
 from app.jobs import Jobs, cancel_job, enqueue, enqueue_many, retry_job
-from app.jobs.worker import CLAIM, Worker
+from app.jobs.sql import CLAIM
+from app.jobs.worker import Worker
 from app.main import create_app
 from app.observability.logging import request_id_var
 from app.services import Services, open_services
@@ -133,11 +134,11 @@ async def test_a_claim_walks_the_claim_index_even_before_analyze(
     worker = worker_for(services, make_settings(**JOB_SETTINGS, db_pool_mode=pool_mode))
     explain = ("EXPLAIN " + CLAIM, ["default"], 100, 30.0, "w", [])
     if pool_mode == "direct":
-        claimer = await worker._claimer()
+        claimer = await worker.bookkeeper.claim_connection()
         rows = await claimer.fetch(*explain)
-        await worker._close_claimer()
+        await worker.bookkeeper.close()
     else:
-        async with db.acquire() as conn, worker._bookkeeping(conn):
+        async with db.acquire() as conn, worker.bookkeeper.transaction(conn):
             rows = await conn.fetch(*explain)
     plan = "\n".join(row[0] for row in rows)
     assert "Index Scan using jobs_claim" in plan, plan
@@ -154,17 +155,17 @@ async def test_worker_bookkeeping_skips_the_wal_flush_unless_configured(
     expected = "on" if synchronous else "off"
     async with db.acquire() as conn:
         await conn.execute("SET synchronous_commit = on")
-        async with worker._bookkeeping(conn):
+        async with worker.bookkeeper.transaction(conn):
             inside = await conn.fetchval("SHOW synchronous_commit")
         after = await conn.fetchval("SHOW synchronous_commit")
         await conn.execute("RESET synchronous_commit")
     assert inside == expected
     assert after == "on"  # SET LOCAL: the pooled connection is left as it was
-    claimer = await worker._claimer()  # the claim loop's own connection
+    claimer = await worker.bookkeeper.claim_connection()  # the claim loop's own connection
     source = await claimer.fetchval(
         "SELECT source FROM pg_settings WHERE name = 'synchronous_commit'"
     )
-    await worker._close_claimer()
+    await worker.bookkeeper.close()
     assert (source == "session") is not synchronous  # else the server's own setting
 
 

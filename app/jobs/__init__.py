@@ -8,14 +8,17 @@
     await enqueue("app.users.send_welcome", {"user_id": 42}, conn=conn)  # with the txn
 
 A worker runs the job kinds it is given: pgfirst's own, and those of the modules named in
-JOBS_MODULES (or ``app worker --import``). Inside a job, ``current_services()`` (from
+JOBS_MODULES (or ``app worker --import``). Inside a job, ``current_services.get()`` (from
 ``app.services``) gives the database, cache and the rest.
 
-Technique: ``FOR UPDATE SKIP LOCKED`` batch claims, LISTEN/NOTIFY wake-up through the
-process's notifier with polling as fallback, leases with heartbeats, batched completion,
+Technique: ``FOR UPDATE SKIP LOCKED`` batch claims, wake-ups through the process's notifier
+(LISTEN/NOTIFY) with polling as fallback, leases with heartbeats, batched completion,
 exponential backoff with jitter, a dead state after max attempts, unique keys, and
-maintenance (rescue, queue sampling, periodic jobs) by one elected leader
-(``worker.py``, ``queue.py``, docs/jobs.md).
+maintenance (rescue, queue sampling, periodic jobs) by one leader elected through a lease
+row. Modules: ``registry.py`` (``@job``), ``queue.py`` (enqueue, retry, cancel),
+``worker.py`` (claim loop, execution, shutdown), ``bookkeeping.py`` (the worker's writes),
+``maintenance.py`` and ``leader.py`` (the leader), ``sql.py``, ``cron.py``,
+``housekeeping.py`` (pruning), ``metrics.py``, ``router.py`` (/ops/jobs); docs/jobs.md.
 
 Signals: queue depth > 1,000 / 10,000 and oldest wait > 30 s / 5 min mean workers cannot
 keep up — add worker processes (``app worker``), and if job work hurts HTTP latency, set

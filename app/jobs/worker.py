@@ -6,24 +6,28 @@ successes in the next claim statement — one statement and one commit per batch
 ends, because transactions per job are what bound a queue's throughput (docs/jobs.md).
 The worker's bookkeeping pins the claim's plan (``enable_sort = off``) and does not wait
 for the WAL flush (JOBS_SYNCHRONOUS_COMMIT): a lost claim or completion re-runs a job, it
-never loses one. With nothing to claim the worker sleeps until a NOTIFY on
-``pgfirst_jobs`` (sent when a job is committed) or the poll interval, whichever comes
-first; without LISTEN (``DB_POOL_MODE=pgbouncer``, or a lost listener) polling alone keeps
-it going.
+never loses one. With nothing to claim the worker sleeps until a wake-up on
+``pgfirst_jobs`` through the process's notifier (sent when a job is committed) or the poll
+interval, whichever comes first; without LISTEN (``DB_POOL_MODE=pgbouncer``, or a lost
+listener) polling alone keeps it going. The SQL and why it is shaped so: ``sql.py``.
 
-Every lease/3 seconds the worker extends the leases of its running jobs (a job that was
-cancelled meanwhile is not extended, and its task is cancelled), rescues jobs whose lease
-ran out (their worker died: they are retried, never lost), schedules periodic jobs, and
-reconnects a lost listener. Shutdown is two-step: stop claiming, give running jobs
-JOBS_SHUTDOWN_GRACE seconds, then cancel them and release their leases so another worker
-takes them at once, without spending an attempt.
+Beside the claim loop run two tasks the worker owns: its upkeep (every lease/3 seconds it
+extends the leases of its own running jobs — a job cancelled meanwhile is not extended and
+its task is cancelled — and records pending successes), and its ``Maintenance``, which
+competes for the leader lease and, while leading, rescues expired leases, samples queue
+depth and schedules periodic jobs (``maintenance.py``). Both log every failure and go on.
+
+A burst worker (``burst=True``) runs one maintenance round first — as leader if the lease
+is free, so a lone ``app worker --burst`` runs the periodic jobs that are due — then
+returns once nothing is left. Shutdown is two-step: stop claiming, hand over the lease,
+give running jobs JOBS_SHUTDOWN_GRACE seconds, then cancel them and release their leases
+so another worker takes them at once, without spending an attempt.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import os
 import random
@@ -31,144 +35,22 @@ import socket
 import traceback
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from time import perf_counter
 from typing import Any
 
 import asyncpg
-from prometheus_client import Counter, Gauge, Histogram
 
-from app.db import Connection, Record
+from app.jobs.bookkeeping import CONNECTION_LOST, Bookkeeper
+from app.jobs.maintenance import Clock, Maintenance
+from app.jobs.metrics import JOB_WAIT_SECONDS, JOBS_FINISHED, SUCCEEDED, run_seconds
 from app.jobs.queue import CANCEL_CHANNEL, WAKE_CHANNEL, Jobs
 from app.notifier import Unlisten
 from app.observability.logging import request_id_var
 
 log = logging.getLogger(__name__)
 # What a lost or restarting database raises; a claim loop survives these.
-CLAIM_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
-
-JOBS_FINISHED = Counter("jobs_finished_total", "Jobs finished, by outcome.", ["outcome"])
-JOB_RUN_SECONDS = Histogram("job_run_seconds", "Time a job's handler ran.", ["name"])
-JOB_WAIT_SECONDS = Histogram(
-    "job_wait_seconds",
-    "From run_at to claim.",
-    buckets=(0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30, 60, 300, 1800),
-)
-QUEUE_DEPTH = Gauge("jobs_available", "Jobs available to run now, by queue.", ["queue"])
-SUCCEEDED = JOBS_FINISHED.labels("succeeded")
-
-
-@functools.cache
-def _run_seconds(name: str) -> Histogram:
-    """The labelled child once per job kind (``labels()`` costs a lock and a dict per call)."""
-    return JOB_RUN_SECONDS.labels(name)
-
-
-CLAIM = """
-WITH finished AS (
-    UPDATE jobs
-    SET state = 'succeeded', finished_at = now(), locked_until = NULL, locked_by = NULL
-    WHERE id = ANY($5::bigint[]) AND locked_by = $4 AND locked_until IS NOT NULL
-)
-UPDATE jobs
-SET state = 'running', attempt = attempt + 1,
-    locked_until = now() + make_interval(secs => $3), locked_by = $4
-WHERE id = ANY(ARRAY(
-    SELECT id FROM jobs
-    WHERE state = 'available' AND queue = ANY($1::text[]) AND run_at <= now()
-    ORDER BY priority DESC, run_at, id
-    LIMIT $2
-    FOR UPDATE SKIP LOCKED
-))
-RETURNING id, name, args, attempt, max_attempts, request_id, priority, run_at,
-          extract(epoch FROM now() - run_at) AS waited
-"""
-# The claim also records the successes since the last one (`finished`, $5): one statement
-# and one commit per batch for both ends. A data-modifying CTE runs to completion even
-# though nothing reads it; its rows (running) and the claimed ones (available) never meet.
-# `id = ANY(ARRAY(subquery))` rather than a join to a CTE: the planner then fetches the
-# claimed rows by primary key instead of hashing a scan of the whole table (a join's row
-# estimate for a LIMIT-ed CTE is poor, and the scan grows with the table). RETURNING comes
-# back in primary-key order, so the worker sorts the batch by priority again.
-
-# Set at the start of each claim/complete/fail transaction (docs/jobs.md, "Durability"):
-# - synchronous_commit off: the worker's own bookkeeping does not wait for the WAL flush.
-#   A server crash can lose the last fraction of a second of claims and completions; such
-#   a job is claimed again or rescued when its lease runs out, and runs again — the same
-#   at-least-once promise a killed worker already gives. Enqueues stay synchronous.
-# - enable_sort off: the claim must walk jobs_claim in order and stop after LIMIT rows.
-#   Right after a burst of enqueues (before autovacuum's ANALYZE) the planner believes a
-#   handful of jobs wait and prefers a bitmap scan plus a sort of *every* waiting job —
-#   5-15 ms per claim at 20,000 jobs instead of 0.1 ms. With sorting off, the ordered
-#   index scan is the only plan left.
-BOOKKEEPING_DURABLE = "SET LOCAL enable_sort = off"
-BOOKKEEPING_FAST = "SET LOCAL enable_sort = off; SET LOCAL synchronous_commit = off"
-# The same for the claim loop's own connection, once per session (``Worker._claimer``).
-CLAIMER_DURABLE = "SET enable_sort = off"
-CLAIMER_FAST = "SET enable_sort = off; SET synchronous_commit = off"
-# `locked_by = $2 AND locked_until IS NOT NULL` means "running, leased by this worker" (the
-# jobs_lease_iff_running CHECK), without naming `state`: a `state = 'running'` condition
-# lets the planner AND the primary-key lookup with a scan of the whole lease index, which
-# still holds an entry for every job finished since the last vacuum.
-COMPLETE = """
-UPDATE jobs
-SET state = 'succeeded', finished_at = now(), locked_until = NULL, locked_by = NULL
-WHERE id = ANY($1::bigint[]) AND locked_by = $2 AND locked_until IS NOT NULL
-"""
-FAIL = """
-UPDATE jobs SET
-    state = (CASE WHEN attempt >= max_attempts THEN 'dead' ELSE 'available' END)::job_state,
-    run_at = CASE WHEN attempt >= max_attempts THEN run_at
-                  ELSE now() + make_interval(secs => $3) END,
-    finished_at = CASE WHEN attempt >= max_attempts THEN now() END,
-    locked_until = NULL, locked_by = NULL,
-    errors = errors || jsonb_build_array(jsonb_build_object(
-        'attempt', attempt, 'at', now(), 'error', $4::text, 'traceback', $5::text))
-WHERE id = $1 AND locked_by = $2 AND locked_until IS NOT NULL
-RETURNING state::text
-"""
-HEARTBEAT = """
-UPDATE jobs SET locked_until = now() + make_interval(secs => $3)
-WHERE id = ANY($1::bigint[]) AND locked_by = $2 AND locked_until IS NOT NULL
-RETURNING id
-"""
-# SKIP LOCKED: a job being finished by its (slow, not dead) worker right now is left alone.
-RESCUE = """
-UPDATE jobs SET
-    state = (CASE WHEN attempt >= max_attempts THEN 'dead' ELSE 'available' END)::job_state,
-    finished_at = CASE WHEN attempt >= max_attempts THEN now() END,
-    run_at = now(), locked_until = NULL, locked_by = NULL,
-    errors = errors || jsonb_build_array(jsonb_build_object(
-        'attempt', attempt, 'at', now(), 'error', 'lease expired; worker ' || locked_by || ' lost'))
-WHERE id = ANY(ARRAY(
-    SELECT id FROM jobs WHERE state = 'running' AND locked_until < now()
-    FOR UPDATE SKIP LOCKED
-))
-RETURNING id
-"""
-RELEASE = """
-UPDATE jobs
-SET state = 'available', run_at = now(), attempt = greatest(attempt - 1, 0),
-    locked_until = NULL, locked_by = NULL
-WHERE id = ANY($1::bigint[]) AND locked_by = $2 AND locked_until IS NOT NULL
-"""
-DEPTH = """
-SELECT queue, count(*) AS n FROM jobs
-WHERE state = 'available' AND run_at <= now()
-GROUP BY queue
-"""
-# Two statements, not one: an UPDATE cannot see a row inserted by a CTE of its own statement.
-SEED_SLOT = """
-INSERT INTO job_schedule (name, last_slot) VALUES ($1, '-infinity')
-ON CONFLICT (name) DO NOTHING
-"""
-CLAIM_SLOT = """
-UPDATE job_schedule SET last_slot = $2 WHERE name = $1 AND last_slot < $2
-RETURNING name
-"""
+CLAIM_ERRORS = (*CONNECTION_LOST, TimeoutError, asyncpg.PostgresError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +64,12 @@ class ClaimedJob:
 
 
 class Worker:
+    """Runs the jobs of ``queues`` (default: every queue its registry knows).
+
+    ``rng`` draws the backoff jitter and ``clock`` the time periodic slots are due at; both
+    default to the real thing and exist so that tests can pin them.
+    """
+
     def __init__(
         self,
         jobs: Jobs,
@@ -189,15 +77,19 @@ class Worker:
         queues: list[str] | None = None,
         concurrency: int | None = None,
         burst: bool = False,
+        rng: random.Random | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.jobs = jobs
-        self.db = jobs.db
         self.settings = settings = jobs.settings
         self.registry = jobs.registry
         self.queues = queues or self.registry.queues()
         self.concurrency = concurrency or settings.jobs_concurrency
         self.burst = burst
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.maintenance = Maintenance(jobs, self.id, clock=clock)
+        self.bookkeeper = Bookkeeper(jobs.db, settings, self.id)
+        self._rng = rng or random.Random()  # noqa: S311 - jitter, not crypto
         self._running: dict[int, asyncio.Task[None]] = {}
         self._ready: deque[ClaimedJob] = deque()  # claimed (leased), not started yet
         self._cancelled: set[int] = set()
@@ -207,7 +99,6 @@ class Worker:
         self._low_water = max(self.concurrency, settings.jobs_claim_batch // 2)
         self._stopping = asyncio.Event()
         self._unlisten: list[Unlisten] = []
-        self._claim_conn: asyncpg.Connection[Record] | None = None
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -222,17 +113,29 @@ class Worker:
             " (burst)" if self.burst else "",
             len(kinds),
             ", ".join(kinds),
+            extra={
+                "worker": self.id,
+                "queues": self.queues,
+                "concurrency": self.concurrency,
+                "burst": self.burst,
+                "job_kinds": kinds,
+            },
         )
         await self._listen()
-        await self._maintain()
-        upkeep = asyncio.create_task(self._upkeep_loop(), name="jobs-upkeep")
+        await self.maintenance.round()
+        helpers = [
+            asyncio.create_task(self._upkeep_loop(), name="jobs-upkeep"),
+            asyncio.create_task(self.maintenance.run(), name="jobs-maintenance"),
+        ]
         try:
             await self._claim_loop()
         finally:
-            upkeep.cancel()
-            await asyncio.gather(upkeep, return_exceptions=True)
+            for task in helpers:
+                task.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
+            await self.maintenance.release()
             await self._shutdown()
-            log.info("worker %s stopped", self.id)
+            log.info("worker %s stopped", self.id, extra={"worker": self.id})
 
     def stop(self) -> None:
         """Step one of shutdown: stop claiming. ``run()`` then finishes the rest."""
@@ -267,7 +170,7 @@ class Worker:
                 if self.burst and failures >= 5:
                     raise
                 delay = min(5.0, 0.1 * 2**failures)
-                log.warning("jobs: claim failed (%s); retrying in %.1fs", exc, delay)
+                log.warning("jobs: claim failed (%r); retrying in %.1fs", exc, delay)
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(delay):
                         await self._stopping.wait()
@@ -298,7 +201,7 @@ class Worker:
         """
         done, self._succeeded = self._succeeded, []
         try:
-            rows = await self._run_claim(limit, done)
+            rows = await self.bookkeeper.claim(self.queues, limit, done)
         except BaseException:
             self._succeeded[:0] = done  # recorded by the next try (a repeat is a no-op)
             raise
@@ -316,38 +219,6 @@ class Worker:
             )
         self._start_ready()
         return len(rows)
-
-    async def _run_claim(self, limit: int, done: list[int]) -> list[Record]:
-        args = (self.queues, limit, self.settings.jobs_lease_seconds, self.id, done)
-        if self.settings.db_pool_mode == "pgbouncer":
-            # Transaction pooling keeps no session settings: set them in each transaction.
-            async with self.db.acquire() as conn, self._bookkeeping(conn):
-                return await conn.fetch(CLAIM, *args)
-        conn = await self._claimer()
-        try:
-            return await conn.fetch(CLAIM, *args)
-        except (OSError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError):
-            await self._close_claimer()  # the next claim connects again
-            raise
-
-    async def _claimer(self) -> asyncpg.Connection[Record]:
-        """The claim loop's own connection, with the bookkeeping settings for its session.
-
-        One autocommit statement per claim instead of BEGIN, SET LOCAL, the claim, COMMIT
-        and the pool's reset query: a quarter of a claim's time, and of the pickup latency.
-        Only the claim loop uses it, one statement at a time.
-        """
-        if self._claim_conn is None or self._claim_conn.is_closed():
-            conn = await self.db.connect_direct()
-            durable = self.settings.jobs_synchronous_commit
-            await conn.execute(CLAIMER_DURABLE if durable else CLAIMER_FAST)
-            self._claim_conn = conn
-        return self._claim_conn
-
-    async def _close_claimer(self) -> None:
-        conn, self._claim_conn = self._claim_conn, None
-        if conn is not None and not conn.is_closed():
-            await conn.close(timeout=5)
 
     async def _execute(self, job: ClaimedJob) -> None:
         token = request_id_var.set(job.request_id or f"job-{job.id}")
@@ -374,7 +245,7 @@ class Worker:
             self._succeeded.append(job.id)
             SUCCEEDED.inc()
         finally:
-            _run_seconds(job.name).observe(perf_counter() - started)
+            run_seconds(job.name).observe(perf_counter() - started)
             self._running.pop(job.id, None)
             self._cancelled.discard(job.id)
             request_id_var.reset(token)
@@ -383,14 +254,19 @@ class Worker:
             if len(self._ready) < self._low_water:
                 self._wake.set()
 
-    async def _record_failure(self, job: ClaimedJob, exc: Exception) -> None:
+    def backoff(self, attempt: int) -> float:
+        """Seconds before retrying after failed ``attempt``: JOBS_BACKOFF_BASE doubling per
+        attempt up to JOBS_BACKOFF_MAX, jittered between half and all of it so that the
+        retries of a burst of failures spread out."""
         base, cap = self.settings.jobs_backoff_base, self.settings.jobs_backoff_max
-        delay = min(cap, base * 2 ** (job.attempt - 1))
-        delay = delay / 2 + random.uniform(0, delay / 2)  # noqa: S311 - jitter, not crypto
+        delay = min(cap, base * 2.0 ** (attempt - 1))
+        return delay / 2 + self._rng.uniform(0, delay / 2)
+
+    async def _record_failure(self, job: ClaimedJob, exc: Exception) -> None:
+        delay = self.backoff(job.attempt)
         error = f"{type(exc).__name__}: {exc}"[:2000]
         trace = "".join(traceback.format_exception(exc))[-8000:]
-        async with self.db.acquire() as conn, self._bookkeeping(conn):
-            state = await conn.fetchval(FAIL, job.id, self.id, delay, error, trace)
+        state = await self.bookkeeper.fail(job.id, delay, error, trace)
         outcome = "dead" if state == "dead" else "retried"
         JOBS_FINISHED.labels(outcome).inc()
         log.warning("job %s %s failed (attempt %d): %s", job.name, job.id, job.attempt, error)
@@ -401,21 +277,12 @@ class Worker:
             return
         done, self._succeeded = self._succeeded, []
         try:
-            async with self.db.acquire() as conn, self._bookkeeping(conn):
-                await conn.execute(COMPLETE, done, self.id)
+            await self.bookkeeper.complete(done)
         except BaseException:
             self._succeeded[:0] = done
             raise
 
-    @asynccontextmanager
-    async def _bookkeeping(self, conn: Connection) -> AsyncIterator[None]:
-        """A transaction for the worker's own writes: claims, completions, failures."""
-        durable = self.settings.jobs_synchronous_commit
-        async with conn.transaction():
-            await conn.execute(BOOKKEEPING_DURABLE if durable else BOOKKEEPING_FAST)
-            yield
-
-    # --- upkeep --------------------------------------------------------------------------
+    # --- upkeep of this worker's own jobs ------------------------------------------------
 
     async def _upkeep_loop(self) -> None:
         period = self.settings.jobs_lease_seconds / 3
@@ -423,46 +290,20 @@ class Worker:
             await asyncio.sleep(min(period, 1.0) if self._succeeded else period)
             try:
                 await self._flush()
-                await self._maintain()
+                await self._heartbeat()
             except Exception:
                 # Whatever went wrong, keep going: a dead upkeep loop stops heartbeats, and
-                # other workers would then re-run jobs that are running fine here.
+                # the leader would then rescue jobs that are running fine here.
                 log.exception("jobs: upkeep failed; trying again in %.1fs", period)
-
-    async def _maintain(self) -> None:
-        await self._heartbeat()
-        async with self.db.acquire() as conn:
-            rescued = await conn.fetch(RESCUE)
-            if rescued:
-                log.warning("rescued %d jobs whose worker was lost", len(rescued))
-                await conn.execute("SELECT pg_notify($1, 'rescued')", WAKE_CHANNEL)
-            for row in await conn.fetch(DEPTH):
-                QUEUE_DEPTH.labels(row["queue"]).set(row["n"])
-        await self._schedule_periodic()
 
     async def _heartbeat(self) -> None:
         ids = [*self._running, *(job.id for job in self._ready)]
         if not ids:
             return
-        async with self.db.acquire() as conn:
-            rows = await conn.fetch(HEARTBEAT, ids, self.id, self.settings.jobs_lease_seconds)
-        kept = {row["id"] for row in rows}
+        kept = await self.bookkeeper.heartbeat(ids)
         for job_id in ids:
             if job_id not in kept:
                 self._cancel_local(job_id)
-
-    async def _schedule_periodic(self) -> None:
-        now = datetime.now(UTC)
-        for kind in self.registry:
-            if kind.cron is None or kind.queue not in self.queues:
-                continue
-            slot = kind.cron.latest_slot(now)
-            async with self.db.transaction() as conn:
-                await conn.execute(SEED_SLOT, kind.name)
-                if await conn.fetchval(CLAIM_SLOT, kind.name, slot) is not None:
-                    await self.jobs.enqueue(
-                        kind.name, {}, conn=conn, unique_key=f"periodic:{kind.name}"
-                    )
 
     def _cancel_local(self, job_id: int) -> None:
         for waiting in [job for job in self._ready if job.id == job_id]:
@@ -472,7 +313,7 @@ class Worker:
             self._cancelled.add(job_id)
             task.cancel()
 
-    # --- wake-ups through the notifier ------------------------------------------------
+    # --- wake-ups through the notifier ---------------------------------------------------
 
     async def _listen(self) -> None:
         notifier = self.jobs.notifier
@@ -510,12 +351,10 @@ class Worker:
         try:
             await self._flush()
             if leftover:
-                async with self.db.acquire() as conn:
-                    await conn.execute(RELEASE, leftover, self.id)
-                    await conn.execute("SELECT pg_notify($1, 'released')", WAKE_CHANNEL)
+                await self.bookkeeper.release(leftover)
                 log.info("released %d unfinished jobs", len(leftover))
         finally:
-            await self._close_claimer()
+            await self.bookkeeper.close()
             for unlisten in self._unlisten:
                 await unlisten()
             self._unlisten = []

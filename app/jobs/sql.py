@@ -1,0 +1,138 @@
+"""The SQL of the worker and of the maintenance leader, with the reasons for its shape.
+
+Enqueue, retry and cancel live in ``queue.py`` beside the code that runs them; these are the
+statements of the claim loop (claim, complete, fail, heartbeat, release), of the leader's
+maintenance (rescue, queue depth, periodic slots) and of the leader lease itself.
+"""
+
+from __future__ import annotations
+
+# --- the claim loop ------------------------------------------------------------------------
+
+CLAIM = """
+WITH finished AS (
+    UPDATE jobs
+    SET state = 'succeeded', finished_at = now(), locked_until = NULL, locked_by = NULL
+    WHERE id = ANY($5::bigint[]) AND locked_by = $4 AND locked_until IS NOT NULL
+)
+UPDATE jobs
+SET state = 'running', attempt = attempt + 1,
+    locked_until = now() + make_interval(secs => $3), locked_by = $4
+WHERE id = ANY(ARRAY(
+    SELECT id FROM jobs
+    WHERE state = 'available' AND queue = ANY($1::text[]) AND run_at <= now()
+    ORDER BY priority DESC, run_at, id
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+))
+RETURNING id, name, args, attempt, max_attempts, request_id, priority, run_at,
+          extract(epoch FROM now() - run_at) AS waited
+"""
+# The claim also records the successes since the last one (`finished`, $5): one statement
+# and one commit per batch for both ends. A data-modifying CTE runs to completion even
+# though nothing reads it; its rows (running) and the claimed ones (available) never meet.
+# `id = ANY(ARRAY(subquery))` rather than a join to a CTE: the planner then fetches the
+# claimed rows by primary key instead of hashing a scan of the whole table (a join's row
+# estimate for a LIMIT-ed CTE is poor, and the scan grows with the table). RETURNING comes
+# back in primary-key order, so the worker sorts the batch by priority again.
+
+# Set at the start of each claim/complete/fail transaction (docs/jobs.md, "Durability"):
+# - synchronous_commit off: the worker's own bookkeeping does not wait for the WAL flush.
+#   A server crash can lose the last fraction of a second of claims and completions; such
+#   a job is claimed again or rescued when its lease runs out, and runs again — the same
+#   at-least-once promise a killed worker already gives. Enqueues stay synchronous.
+# - enable_sort off: the claim must walk jobs_claim in order and stop after LIMIT rows.
+#   Right after a burst of enqueues (before autovacuum's ANALYZE) the planner believes a
+#   handful of jobs wait and prefers a bitmap scan plus a sort of *every* waiting job —
+#   5-15 ms per claim at 20,000 jobs instead of 0.1 ms. With sorting off, the ordered
+#   index scan is the only plan left.
+BOOKKEEPING_DURABLE = "SET LOCAL enable_sort = off"
+BOOKKEEPING_FAST = "SET LOCAL enable_sort = off; SET LOCAL synchronous_commit = off"
+# The same for the claim loop's own connection, once per session (``Bookkeeper.claim_connection``).
+CLAIMER_DURABLE = "SET enable_sort = off"
+CLAIMER_FAST = "SET enable_sort = off; SET synchronous_commit = off"
+
+# `locked_by = $2 AND locked_until IS NOT NULL` means "running, leased by this worker" (the
+# jobs_lease_iff_running CHECK), without naming `state`: a `state = 'running'` condition
+# lets the planner AND the primary-key lookup with a scan of the whole lease index, which
+# still holds an entry for every job finished since the last vacuum.
+COMPLETE = """
+UPDATE jobs
+SET state = 'succeeded', finished_at = now(), locked_until = NULL, locked_by = NULL
+WHERE id = ANY($1::bigint[]) AND locked_by = $2 AND locked_until IS NOT NULL
+"""
+# $3 is the backoff the worker computed (jittered); the failure's `at` and the new run_at
+# share the statement's now(), so run_at - at is exactly that delay.
+FAIL = """
+UPDATE jobs SET
+    state = (CASE WHEN attempt >= max_attempts THEN 'dead' ELSE 'available' END)::job_state,
+    run_at = CASE WHEN attempt >= max_attempts THEN run_at
+                  ELSE now() + make_interval(secs => $3) END,
+    finished_at = CASE WHEN attempt >= max_attempts THEN now() END,
+    locked_until = NULL, locked_by = NULL,
+    errors = errors || jsonb_build_array(jsonb_build_object(
+        'attempt', attempt, 'at', now(), 'error', $4::text, 'traceback', $5::text))
+WHERE id = $1 AND locked_by = $2 AND locked_until IS NOT NULL
+RETURNING state::text
+"""
+HEARTBEAT = """
+UPDATE jobs SET locked_until = now() + make_interval(secs => $3)
+WHERE id = ANY($1::bigint[]) AND locked_by = $2 AND locked_until IS NOT NULL
+RETURNING id
+"""
+# Shutdown hands unfinished jobs back at once; the attempt they took is given back too.
+RELEASE = """
+UPDATE jobs
+SET state = 'available', run_at = now(), attempt = greatest(attempt - 1, 0),
+    locked_until = NULL, locked_by = NULL
+WHERE id = ANY($1::bigint[]) AND locked_by = $2 AND locked_until IS NOT NULL
+"""
+WAKE = "SELECT pg_notify($1, $2)"
+
+# --- the maintenance leader ----------------------------------------------------------------
+
+# Take or renew the lease in one statement: the upsert changes the row only when it is this
+# process's own or its lease ran out, and RETURNING then yields the holder; a row held by
+# someone else is left alone and nothing comes back. Times are the server's, so the
+# processes' clocks never have to agree.
+TAKE_LEASE = """
+INSERT INTO maintenance_leases AS lease (name, holder, expires_at)
+VALUES ($1, $2, now() + make_interval(secs => $3))
+ON CONFLICT (name) DO UPDATE
+SET holder = excluded.holder, expires_at = excluded.expires_at
+WHERE lease.holder = excluded.holder OR lease.expires_at < now()
+RETURNING holder
+"""
+# A leader that stops gracefully hands over at once instead of after its lease.
+GIVE_UP_LEASE = "DELETE FROM maintenance_leases WHERE name = $1 AND holder = $2"
+
+# SKIP LOCKED: a job being finished by its (slow, not dead) worker right now is left alone.
+RESCUE = """
+UPDATE jobs SET
+    state = (CASE WHEN attempt >= max_attempts THEN 'dead' ELSE 'available' END)::job_state,
+    finished_at = CASE WHEN attempt >= max_attempts THEN now() END,
+    run_at = now(), locked_until = NULL, locked_by = NULL,
+    errors = errors || jsonb_build_array(jsonb_build_object(
+        'attempt', attempt, 'at', now(), 'error', 'lease expired; worker ' || locked_by || ' lost'))
+WHERE id = ANY(ARRAY(
+    SELECT id FROM jobs WHERE state = 'running' AND locked_until < now()
+    FOR UPDATE SKIP LOCKED
+))
+RETURNING id
+"""
+DEPTH = """
+SELECT queue, count(*) AS n FROM jobs
+WHERE state = 'available' AND run_at <= now()
+GROUP BY queue
+"""
+# Two statements, not one: an UPDATE cannot see a row inserted by a CTE of its own statement.
+SEED_SLOT = """
+INSERT INTO job_schedule (name, last_slot) VALUES ($1, '-infinity')
+ON CONFLICT (name) DO NOTHING
+"""
+# The slot is taken for good by whoever moves last_slot forward first: two leaders that
+# overlap for a moment (one stalled past its lease) still enqueue each slot once.
+CLAIM_SLOT = """
+UPDATE job_schedule SET last_slot = $2 WHERE name = $1 AND last_slot < $2
+RETURNING name
+"""
