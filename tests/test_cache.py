@@ -10,13 +10,27 @@ from contextlib import AsyncExitStack
 import asyncpg
 import pytest
 
-from app.cache import Cache
+from app.cache import Cache, create_backend
 from app.config import Settings
-from app.services import open_services
+from app.services import Services, open_services
 from tests.helpers import eventually, flushed_redis, free_port
 
 CacheFactory = Callable[..., Awaitable[Cache]]
 StartCache = Callable[[Settings], Awaitable[Cache]]
+StartServices = Callable[[Settings], Awaitable[Services]]
+
+
+class ManualClock:
+    """A monotonic clock that moves only when the test says so."""
+
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
 
 
 @pytest.fixture(params=["postgres", "redis"])
@@ -34,16 +48,28 @@ async def backend_settings(
 
 
 @pytest.fixture
-async def start_cache() -> AsyncIterator[StartCache]:
-    """Open services of their own for each cache, as a separate process would have them
-    (own database pools, notifier, L1 and in-flight loads); all closed after the test."""
+async def exit_stack() -> AsyncIterator[AsyncExitStack]:
     async with AsyncExitStack() as stack:
+        yield stack
 
-        async def start(settings: Settings) -> Cache:
-            services = await stack.enter_async_context(open_services(settings))
-            return services.cache
 
-        yield start
+@pytest.fixture
+def start_services(exit_stack: AsyncExitStack) -> StartServices:
+    """Services of their own for each call, as a separate process would have them (own
+    database pools, notifier, cache with its L1 and in-flight loads); closed after the test."""
+
+    async def start(settings: Settings) -> Services:
+        return await exit_stack.enter_async_context(open_services(settings))
+
+    return start
+
+
+@pytest.fixture
+def start_cache(start_services: StartServices) -> StartCache:
+    async def start(settings: Settings) -> Cache:
+        return (await start_services(settings)).cache
+
+    return start
 
 
 @pytest.fixture
@@ -57,6 +83,25 @@ def new_cache(
         return await start_cache(backend_settings(**overrides))
 
     return start
+
+
+@pytest.fixture
+async def clocked_cache(
+    backend_settings: Callable[..., Settings],
+    start_services: StartServices,
+    exit_stack: AsyncExitStack,
+) -> tuple[Cache, ManualClock]:
+    """A cache on the backend under test that reads time from a ManualClock."""
+    settings = backend_settings()
+    services = await start_services(settings)
+    notifier = services.redis_notifier or services.notifier
+    clock = ManualClock()
+    cache = Cache(
+        settings, create_backend(settings, services.db, services.redis), notifier, clock=clock
+    )
+    await cache.start()
+    exit_stack.push_async_callback(cache.stop)
+    return cache, clock
 
 
 async def test_set_get_delete_round_trip_json_values(new_cache: CacheFactory) -> None:
@@ -288,13 +333,16 @@ async def test_purge_deletes_expired_rows_and_enforces_the_size_cap(
     assert sorted(present) == [f"kept:{n:02}" for n in range(15, 25)]  # oldest went first
 
 
-async def test_hot_keys_and_hit_rates_are_counted(new_cache: CacheFactory) -> None:
-    cache = await new_cache()
+async def test_hot_keys_and_hit_rates_are_counted(
+    clocked_cache: tuple[Cache, ManualClock],
+) -> None:
+    cache, clock = clocked_cache
     await cache.set("item:hot", 1)
     for _ in range(150):
         await cache.get("item:hot")
     await cache.get("item:cold")
-    cache._minute_started -= 61  # close the minute
+    assert cache.hot_keys() == []  # the first minute is not over
+    clock.advance(61)
     assert cache.hot_keys()[0] == ("item:hot", 150)
     assert cache.reads[("item", "miss")] == 1
     assert cache.reads.get(("item", "l1_hit"), 0) + cache.reads.get(("item", "hit"), 0) == 150

@@ -8,9 +8,12 @@ callers must treat what the cache returns as read-only, as with ``functools.lru_
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 MISSING: Any = object()
+# Seconds on a clock that never goes back (time.monotonic); tests pass one they can advance.
+Clock = Callable[[], float]
 
 
 class LocalCache:

@@ -1,0 +1,138 @@
+"""L1 kept in step with every other process: announcements out, announcements in.
+
+Every write in any process announces what it changed, in the same round trip as the write
+(the backend sends it: NOTIFY on Postgres, PUBLISH on Redis); every process hears the
+others' through its notifier and evicts those keys from its L1. Messages are plain text,
+``"<instance> k <key> <key> ..."``, ``"<instance> p <prefix>"`` or ``"<instance> *"`` (empty
+L1: the key list would not fit a NOTIFY payload); a process ignores its own.
+
+Three rules keep L1 from serving a value older than the invalidation delay:
+
+1. L1 serves only while the notifier is connected. Announcements sent while it is down are
+   lost for good, so on a drop L1 is emptied and bypassed, and it starts empty again when
+   the notifier is back.
+2. A generation counter, bumped by every local write and every announcement heard: a value
+   read from the backend fills L1 only if the generation did not move while it was read
+   (it may predate the write).
+3. No entry outlives CACHE_L1_TTL_SECONDS or its backend expiry, whatever is missed.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from typing import Any
+
+from app.cache.local import MISSING, Clock, LocalCache
+from app.config import Settings
+from app.notifier import Notifier, Unlisten
+
+# Over this many bytes of keys in one write, other processes are told to empty their L1
+# instead (NOTIFY carries at most 8,000 bytes).
+ANNOUNCE_MAX_BYTES = 7_000
+
+
+class L1Tier:
+    """This process's L1 (``entries``), served only while ``serving``."""
+
+    def __init__(self, settings: Settings, notifier: Notifier, clock: Clock) -> None:
+        self.entries = LocalCache(settings.cache_l1_max_entries)
+        self.enabled = settings.cache_l1_max_entries > 0
+        self.serving = False
+        self.generation = 0
+        self.invalidations_received = 0
+        # New for every Cache: two processes (or two instances in one) must not share an
+        # id, or each would ignore the other's invalidations as its own.
+        self.instance = secrets.token_hex(4)
+        self._ttl = settings.cache_l1_ttl_seconds
+        self._notifier = notifier
+        self._clock = clock
+        self._unlisten: Unlisten | None = None
+        self._forget_state: Callable[[], None] | None = None
+
+    async def start(self, topic: str) -> None:
+        """Hear other processes' announcements on ``topic`` (nothing to hear with L1 off)."""
+        if not self.enabled:
+            return
+        self._forget_state = self._notifier.on_state(self._on_notifier_state)
+        self._unlisten = await self._notifier.listen(topic, self._on_announcement)
+        self._on_notifier_state(self._notifier.connected)
+
+    async def stop(self) -> None:
+        if self._forget_state is not None:
+            self._forget_state()
+            self._forget_state = None
+        if self._unlisten is not None:
+            unlisten, self._unlisten = self._unlisten, None
+            await unlisten()
+        self.serving = False
+        self.entries.clear()
+
+    def health(self) -> tuple[str, bool]:
+        if not self.enabled:
+            return "l1 off", True
+        return ("listening" if self.serving else "l1 bypassed: listener down"), True
+
+    # --- filling ---------------------------------------------------------------------------
+
+    def fill(self, key: str, value: Any, remaining: float | None, generation: int) -> None:
+        """Keep a value read from the backend at ``generation``, for at most the L1 TTL."""
+        if self.serving and generation == self.generation:
+            lifetime = self._ttl if remaining is None else min(self._ttl, remaining)
+            self.entries.put(key, value, self._clock() + lifetime)
+
+    def keep_written(self, key: str, value: Any, ttl: float) -> None:
+        """Keep a value this process just stored."""
+        if self.serving:
+            self.entries.put(key, value, self._clock() + min(self._ttl, ttl))
+
+    def lookup(self, key: str, now: float) -> Any:
+        """The L1 value, or MISSING (always while not serving)."""
+        return self.entries.get(key, now) if self.serving else MISSING
+
+    # --- local writes ----------------------------------------------------------------------
+
+    def written(self, keys: list[str]) -> None:
+        """Keys this process is changing: out of L1, and reads in flight must not refill it."""
+        self.generation += 1
+        for key in keys:
+            self.entries.evict(key)
+
+    def written_prefix(self, prefix: str) -> None:
+        self.generation += 1
+        self.entries.evict_prefix(prefix)
+
+    def announce(self, keys: list[str]) -> str:
+        """The message that evicts ``keys`` elsewhere ("" with L1 off: nobody listens)."""
+        if not self.enabled:
+            return ""
+        message = f"{self.instance} k {' '.join(keys)}"
+        if len(message.encode()) > ANNOUNCE_MAX_BYTES:
+            return f"{self.instance} *"
+        return message
+
+    def announce_prefix(self, prefix: str) -> str:
+        return f"{self.instance} p {prefix}" if self.enabled else ""
+
+    # --- what the notifier reports -----------------------------------------------------------
+
+    def _on_announcement(self, topic: str, message: str) -> None:
+        instance, _, rest = message.partition(" ")
+        if instance == self.instance:
+            return
+        self.invalidations_received += 1
+        self.generation += 1
+        kind, _, argument = rest.partition(" ")
+        if kind == "k":
+            for key in argument.split(" "):
+                self.entries.evict(key)
+        elif kind == "p":
+            self.entries.evict_prefix(argument)
+        else:
+            self.entries.clear()
+
+    def _on_notifier_state(self, connected: bool) -> None:
+        # Whatever was announced while disconnected is unknown: start L1 empty.
+        self.generation += 1
+        self.entries.clear()
+        self.serving = connected and self.enabled
