@@ -8,6 +8,8 @@
   families; a reused token revokes its family (``service.py``).
 - Reset and verification: single-use, expiring, hashed tokens sent by email
   (``mail.py``).
+- Spent refresh and one-time tokens are deleted a day after they expire, hourly
+  (``pruning.py``, job ``pgfirst.prune_tokens`` from ``jobs.token_jobs``).
 - Rate limits on signup, login and reset per IP and per email, in an UNLOGGED table or
   Redis (RATE_LIMIT_BACKEND; ``ratelimit.py``).
 

@@ -14,6 +14,8 @@ Flip to redis when rate-limit writes become a noticeable share of the database's
 
 from __future__ import annotations
 
+import ipaddress
+import time
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -71,8 +73,6 @@ class RedisRateLimiter:
         self.redis = redis  # the services' client, shared with the other Redis backends
 
     async def hit(self, key: str, limit: int, window: int) -> Verdict:
-        import time
-
         now = time.time()
         window_no = int(now // window)
         redis_key = f"pgfirst:rl:{key}:{window_no}"
@@ -109,8 +109,6 @@ def client_ip(request: Request, trusted_header: str | None) -> str:
     that is not an IP address falls back to the peer address: a rate-limit key is always
     an address, in one canonical spelling.
     """
-    import ipaddress
-
     if trusted_header:
         value = request.headers.get(trusted_header)
         if value:
