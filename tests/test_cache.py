@@ -183,35 +183,49 @@ async def test_get_or_set_runs_one_loader_across_processes(new_cache: CacheFacto
     # only the backend lock can keep their loaders from running in parallel.
     caches = [await new_cache() for _ in range(5)]
     calls = 0
+    release = asyncio.Event()
 
     async def loader() -> dict[str, int]:
         nonlocal calls
         calls += 1
-        await asyncio.sleep(0.3)
+        await release.wait()
         return {"answer": 42}
 
-    results = await asyncio.gather(
+    results = asyncio.gather(
         *(cache.get_or_set("cold:key", loader, ttl=60) for cache in caches for _ in range(10))
     )
+
+    async def progress() -> tuple[int, int]:
+        missed = sum(cache.reads.get(("cold", "miss"), 0) for cache in caches)
+        waiting = sum("cold:key" in cache.awaiting_loads for cache in caches)
+        return missed, waiting
+
+    # Every call has missed and joined its process's load; four processes wait for the
+    # fifth, whose loader is still running.
+    await eventually(progress, lambda seen: seen == (50, 4))
+    release.set()
+    assert await results == [{"answer": 42}] * 50
     assert calls == 1
-    assert results == [{"answer": 42}] * 50
 
 
 async def test_a_failed_loader_frees_the_key_for_the_next_caller(new_cache: CacheFactory) -> None:
     first, second = await new_cache(), await new_cache()
-    started = asyncio.Event()
+    started, fail = asyncio.Event(), asyncio.Event()
 
     async def failing() -> int:
         started.set()
-        await asyncio.sleep(0.2)
+        await fail.wait()
         raise RuntimeError("source down")
-
-    async def working() -> int:
-        return 7
 
     failed = asyncio.create_task(first.get_or_set("flaky", failing))
     await started.wait()
-    waiter = asyncio.create_task(second.get_or_set("flaky", working))
+    waiter = asyncio.create_task(second.get_or_set("flaky", _constant(7)))
+
+    async def second_waits() -> bool:
+        return "flaky" in second.awaiting_loads
+
+    await eventually(second_waits)
+    fail.set()
     with pytest.raises(RuntimeError, match="source down"):
         await failed
     # The waiter saw the lock freed without a value and loaded it itself.

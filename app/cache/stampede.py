@@ -7,7 +7,8 @@
    row, or ``SET NX`` on Redis) with a lease of CACHE_LOCK_TTL_SECONDS, so a loader that
    crashed frees it. The others poll the backend for the value (5 ms, doubling to 100 ms)
    for up to CACHE_LOCK_WAIT_SECONDS; if the lock comes free without a value (the loader
-   raised) one of them takes over; once the wait is over each loads by itself.
+   raised) one of them takes it, reads once more and loads; once the wait is over each
+   loads by itself.
 3. With CACHE_EARLY_REFRESH_RATIO > 0, a backend hit in the last part of the TTL starts one
    background reload under the same lock and returns the current value at once: hot keys
    are reloaded before they expire, so their readers never all miss together.
@@ -120,13 +121,22 @@ class StampedeGuard:
             if await self._call(
                 "lock", lambda backend: backend.try_lock(key, token, self._lock_ttl), False
             ):
-                return await self._load_locked(key, loader, ttl, token)
+                return await self._take_over(key, loader, ttl, token)
         log.warning(
             "cache: waited %.1fs for %r to be loaded elsewhere; loading", self._lock_wait, key
         )
         value = await loader()
         await self._store(key, value, ttl)
         return value
+
+    async def _take_over(self, key: str, loader: Loader[T], ttl: float, token: str) -> T:
+        # The holder may also have stored the value and let go between our read and our
+        # lock: read once more, or a finished load would run a second time.
+        raw = await self._call("get", lambda backend: backend.get(key), None)
+        if raw is None:
+            return await self._load_locked(key, loader, ttl, token)
+        await self._call("lock", lambda backend: backend.unlock(key, token), None)
+        return orjson.loads(raw)  # type: ignore[no-any-return]
 
     async def _load_locked(self, key: str, loader: Loader[T], ttl: float, token: str) -> T:
         try:
