@@ -17,6 +17,9 @@ Two implementations behind the protocol:
 - ``RedisNotifier`` (``redis.py``): one Redis subscriber connection, for the Redis cache
   and pub/sub backends.
 
+Build them with ``create_postgres_notifier(connect)`` and ``create_redis_notifier(url)``:
+nothing outside this package names a class, so a notifier can be swapped or deleted here.
+
 Both reconnect with one policy (exponential backoff from 50 ms to 5 s, every failure
 logged, never giving up) and report the same metrics: ``notifier_connected{backend}``,
 ``notifier_reconnects_total{backend}``, ``notifier_messages_total{backend}``.
@@ -26,17 +29,30 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import Counter, Gauge
 
-__all__ = ["MessageHandler", "Notifier", "StateHandler", "Subscriptions", "Unlisten"]
+if TYPE_CHECKING:
+    import asyncpg
+
+__all__ = [
+    "Connect",
+    "MessageHandler",
+    "Notifier",
+    "StateHandler",
+    "Subscriptions",
+    "Unlisten",
+    "create_postgres_notifier",
+    "create_redis_notifier",
+]
 
 log = logging.getLogger(__name__)
 
 MessageHandler = Callable[[str, str], None]  # (topic, payload)
 StateHandler = Callable[[bool], None]  # connected?
 Unlisten = Callable[[], Awaitable[None]]
+Connect = Callable[[], Awaitable["asyncpg.Connection[Any]"]]  # opens a direct connection
 
 CONNECTED = Gauge("notifier_connected", "1 while the notifier's connection is up.", ["backend"])
 RECONNECTS = Counter("notifier_reconnects", "Notifier connection re-opened.", ["backend"])
@@ -46,6 +62,10 @@ RECONNECT_MAX_DELAY = 5.0
 
 
 class Notifier(Protocol):
+    """``listen`` returns the function that stops that handler; the topic itself is let go
+    (UNLISTEN, UNSUBSCRIBE) when its last handler stops. ``on_state`` returns the function
+    that removes the state handler."""
+
     name: str
 
     @property
@@ -55,6 +75,20 @@ class Notifier(Protocol):
     async def listen(self, topic: str, handler: MessageHandler) -> Unlisten: ...
     def on_state(self, handler: StateHandler) -> Callable[[], None]: ...
     def health(self) -> tuple[str, bool]: ...
+
+
+def create_postgres_notifier(connect: Connect | None) -> Notifier:
+    """The LISTEN notifier; ``connect`` opens a direct connection, None means polling mode."""
+    from app.notifier.postgres import PostgresNotifier
+
+    return PostgresNotifier(connect)
+
+
+def create_redis_notifier(url: str) -> Notifier:
+    """The Redis subscriber notifier; an unreachable Redis at start is retried, not fatal."""
+    from app.notifier.redis import RedisNotifier
+
+    return RedisNotifier(url)
 
 
 class Subscriptions:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
@@ -25,6 +25,7 @@ import asyncpg
 from app.notifier import (
     RECONNECT_FIRST_DELAY,
     RECONNECTS,
+    Connect,
     MessageHandler,
     StateHandler,
     Subscriptions,
@@ -33,8 +34,6 @@ from app.notifier import (
 )
 
 log = logging.getLogger(__name__)
-
-Connect = Callable[[], Awaitable["asyncpg.Connection[Any]"]]
 
 
 class PostgresNotifier:

@@ -4,6 +4,11 @@ Topics are Redis channel names. The connection is opened without redis-py's sile
 so a drop is seen: state handlers hear ``False``, the reader reconnects with backoff,
 subscribes to every topic again and announces ``True`` (the pub/sub broker replays its
 streams then; the cache empties its L1).
+
+A SUBSCRIBE counts once Redis has confirmed it, as a LISTEN has once it has completed: a
+SUBSCRIBE only sent may still sit behind a PUBLISH arriving on another connection. So
+``listen`` returns after the confirmation, and ``True`` is announced after every topic's
+confirmation: a message published after either is heard.
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ from app.notifier import (
 
 log = logging.getLogger(__name__)
 
+SUBSCRIBE_TIMEOUT = 5.0
+
 
 class RedisNotifier:
     name = "redis"
@@ -43,6 +50,8 @@ class RedisNotifier:
         self._has_topics = asyncio.Event()
         self._reader: asyncio.Task[None] | None = None
         self._connected = False
+        self._confirmations: dict[str, asyncio.Future[None]] = {}  # SUBSCRIBE sent, not acked
+        self._announce_when_confirmed = False  # reconnected: True once every topic is acked
 
     @property
     def connected(self) -> bool:
@@ -69,15 +78,25 @@ class RedisNotifier:
                 await self._pubsub.aclose()  # type: ignore[no-untyped-call]
         await self._client.aclose()
         self._connected = False
+        self._release_confirmations()
         self._subscriptions.announce_state(False)
 
     async def listen(self, topic: str, handler: MessageHandler) -> Unlisten:
         if self._subscriptions.add(topic, handler):
+            confirmed: asyncio.Future[None] | None = None
             async with self._lock:
                 if self._pubsub is not None and self._connected:
+                    confirmed = self._confirmations.setdefault(
+                        topic, asyncio.get_running_loop().create_future()
+                    )
                     with contextlib.suppress(RedisError, OSError):
                         await self._pubsub.subscribe(topic)  # the reader resubscribes if lost
             self._has_topics.set()
+            if confirmed is not None:
+                # Resolved by the reader on the confirmation, or on a loss (the reconnect
+                # subscribes again); the timeout only guards against a reader gone silent.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(confirmed), SUBSCRIBE_TIMEOUT)
 
         async def unlisten() -> None:
             if self._subscriptions.remove(topic, handler):
@@ -110,7 +129,8 @@ class RedisNotifier:
                 RECONNECTS.labels("redis").inc()
                 log.info("notifier: Redis subscriber connected")
                 self._connected = True
-                self._subscriptions.announce_state(True)
+                self._announce_when_confirmed = True
+                self._announce_if_confirmed()
                 continue
             await self._has_topics.wait()
             pubsub = self._pubsub
@@ -122,21 +142,38 @@ class RedisNotifier:
                     if self._subscriptions.by_topic:
                         await self._resubscribe()
                     continue
-                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                message = await pubsub.get_message(timeout=1.0)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 log.warning("notifier: Redis subscriber lost: %s", exc)
                 self._connected = False
-                self._subscriptions.announce_state(False)
+                self._release_confirmations()
+                if not self._announce_when_confirmed:  # else True was never announced
+                    self._subscriptions.announce_state(False)
+                self._announce_when_confirmed = False
                 continue
-            if message is not None and message.get("type") == "message":
-                channel = message["channel"]
-                data = message["data"]
-                self._subscriptions.deliver(
-                    channel.decode() if isinstance(channel, bytes) else str(channel),
-                    data.decode() if isinstance(data, bytes) else str(data),
-                )
+            if message is None:
+                continue
+            kind, channel = message.get("type"), _text(message["channel"])
+            if kind == "message":
+                self._subscriptions.deliver(channel, _text(message["data"]))
+            elif kind == "subscribe":
+                confirmed = self._confirmations.pop(channel, None)
+                if confirmed is not None and not confirmed.done():
+                    confirmed.set_result(None)
+                self._announce_if_confirmed()
+
+    def _announce_if_confirmed(self) -> None:
+        if self._announce_when_confirmed and not self._confirmations:
+            self._announce_when_confirmed = False
+            self._subscriptions.announce_state(True)
+
+    def _release_confirmations(self) -> None:
+        for confirmed in self._confirmations.values():
+            if not confirmed.done():
+                confirmed.set_result(None)
+        self._confirmations.clear()
 
     async def _resubscribe(self) -> None:
         async with self._lock:
@@ -145,8 +182,15 @@ class RedisNotifier:
                     await self._pubsub.aclose()  # type: ignore[no-untyped-call]
             pubsub = self._client.pubsub()
             topics = list(self._subscriptions.by_topic)
+            loop = asyncio.get_running_loop()
+            for topic in topics:
+                self._confirmations.setdefault(topic, loop.create_future())
             if topics:
                 await pubsub.subscribe(*topics)
             self._pubsub = pubsub
             if topics:
                 self._has_topics.set()
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
