@@ -54,6 +54,20 @@ CHANNEL_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,48}$")
 
 
 class Broker(Protocol):
+    """What both brokers do, with the same observable behaviour.
+
+    ``publish(conn=...)``: a connection of ``db.transaction()`` → delivered after COMMIT,
+    never after ROLLBACK (returns None on Redis, whose id exists only after the commit); a
+    connection in any other transaction → ``ValueError``; a connection outside any
+    transaction → published at once. Without ``conn`` → published at once.
+
+    ``prune(older_than_seconds)``: drop what no resume may replay any more. Postgres
+    deletes rows of the events table older than that, in batches of ``batch``, and
+    returns how many. Redis streams bound themselves on every publish (``MAXLEN ~`` and
+    an ``EXPIRE`` of PUBSUB_RETENTION_SECONDS on the channel's stream), so there is
+    nothing left to delete: it returns 0.
+    """
+
     async def start(self) -> None: ...
     async def stop(self) -> None: ...
     async def publish(

@@ -55,6 +55,7 @@ class RedisBroker:
         queue_size: int = 1_000,
         replay_limit: int = 1_000,
         retention_seconds: int = 86_400,
+        stream_max_len: int = STREAM_MAX_LEN,
     ) -> None:
         self.db = db
         self.redis = redis
@@ -62,6 +63,7 @@ class RedisBroker:
         self.fanout = Fanout(queue_size=queue_size)
         self.replay_limit = replay_limit
         self.retention_seconds = retention_seconds
+        self.stream_max_len = stream_max_len
         self._publish = redis.register_script(PUBLISH_SCRIPT)
         self._unlisten: dict[str, Unlisten] = {}
         self._forget_state: Any = None
@@ -96,7 +98,7 @@ class RedisBroker:
 
     async def _publish_now(self, channel: str, body: str) -> int:
         keys = [SEQUENCE_KEY, KEY_PREFIX + channel, CHANNEL_PREFIX + channel]
-        args: list[str | int] = [body, STREAM_MAX_LEN, self.retention_seconds]
+        args: list[str | int] = [body, self.stream_max_len, self.retention_seconds]
         return int(await self._publish(keys=keys, args=args))
 
     async def subscribe(self, channels: list[str], *, since: int | None = None) -> Subscription:
@@ -117,7 +119,8 @@ class RedisBroker:
         await self._unlisten_channels(self.fanout.remove(subscription))
 
     async def prune(self, older_than_seconds: float, batch: int = 10_000) -> int:
-        """Streams trim themselves (MAXLEN and EXPIRE on every publish)."""
+        """Nothing to delete: every publish trims its stream (MAXLEN ~) and renews its
+        EXPIRE, so a stream idle for the retention disappears on its own."""
         return 0
 
     def _on_message(self, topic: str, message: str) -> None:
