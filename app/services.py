@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 
 from app.activity.jobs import activity_jobs
-from app.auth.jobs import auth_jobs
+from app.auth.jobs import auth_jobs, token_jobs
 from app.auth.mail import Mailer, create_mailer
 from app.auth.passwords import Passwords
 from app.auth.ratelimit import RateLimiter, create_rate_limiter
@@ -192,6 +192,7 @@ def builtin_jobs(services: Services) -> list[JobKind]:
         *pubsub_jobs(services.broker, settings),
         *activity_jobs(db, settings),
         *auth_jobs(services.rate_limiter, services.mailer, settings),
+        *token_jobs(services.auth),
         *search_jobs(db, services.embedder),
         *stats_jobs(db, settings),
     ]
