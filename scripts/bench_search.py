@@ -43,11 +43,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from app.cache import cache
+from app.cache import Cache
 from app.config import Settings, load_settings
-from app.db import Connection, Database
+from app.db import Connection
 from app.search import service as sql
 from app.search.embedder import HashingEmbedder
+from app.services import open_services
 from scripts.benchkit import percentile, postgres, quarter_of_memory
 from scripts.seed import seed, vocabulary
 
@@ -212,8 +213,9 @@ def distance(row: Any) -> float:
 
 
 class Bench:
-    def __init__(self, conn: Connection, settings: Settings) -> None:
+    def __init__(self, conn: Connection, cache: Cache, settings: Settings) -> None:
         self.conn = conn
+        self.cache = cache
         self.settings = settings
         self.times: dict[tuple[str, str], list[float]] = {}
         self.recalls: dict[tuple[str, str], list[float]] = {}
@@ -240,7 +242,7 @@ class Bench:
         return [results[first[0]], results[second[0]]]
 
     async def per_user(self, q: Query) -> None:
-        conn, settings, size = self.conn, self.settings, q.size
+        conn, cache, settings, size = self.conn, self.cache, self.settings, q.size
         patterns = [substring(w) for w in q.words]
         swap = q.task_id % 2 == 1
         await self.pair(
@@ -259,7 +261,10 @@ class Bench:
         )
         approx, exact = await self.pair(
             size,
-            ("semantic", lambda: sql.search_semantic(conn, settings, q.user_id, q.vector, 10)),
+            (
+                "semantic",
+                lambda: sql.search_semantic(conn, cache, settings, q.user_id, q.vector, 10),
+            ),
             ("semantic, exact", lambda: conn.fetch(EXACT_USER, q.user_id, q.vector)),
             swap,
         )
@@ -267,11 +272,11 @@ class Bench:
         await self.timed(
             "hybrid",
             size,
-            lambda: sql.search_hybrid(conn, settings, q.user_id, q.text, q.vector, 20),
+            lambda: sql.search_hybrid(conn, cache, settings, q.user_id, q.text, q.vector, 20),
         )
         approx, exact = await self.pair(
             size,
-            ("similar", lambda: sql.similar_tasks(conn, settings, q.user_id, q.task_id, 10)),
+            ("similar", lambda: sql.similar_tasks(conn, cache, settings, q.user_id, q.task_id, 10)),
             ("similar, exact", lambda: conn.fetch(EXACT_SIMILAR, q.task_id)),
             swap,
         )
@@ -356,8 +361,22 @@ async def crossover(dsn: str, sizes: list[int], samples: int = 20, seed: int = 7
         "exact": settings.model_copy(update={"search_exact_scan_below": 10**9}),
         "HNSW": settings.model_copy(update={"search_exact_scan_below": 0}),
     }
-    db = await Database.connect(settings, dsn)
-    conn: Connection = await db.connect_direct()
+    async with open_services(settings, dsn=dsn) as services:
+        conn: Connection = await services.db.connect_direct()
+        try:
+            await crossover_table(conn, services.cache, paths, sizes, samples, seed)
+        finally:
+            await conn.close()
+
+
+async def crossover_table(
+    conn: Connection,
+    cache: Cache,
+    paths: dict[str, Settings],
+    sizes: list[int],
+    samples: int,
+    seed: int,
+) -> None:
     owners = await conn.fetch("SELECT user_id, count(*) AS n FROM tasks GROUP BY user_id")
     rng, embedder = random.Random(seed), HashingEmbedder()
     print(
@@ -377,45 +396,41 @@ async def crossover(dsn: str, sizes: list[int], samples: int = 20, seed: int = 7
                 vector = embedder.embed(task["title"])
                 for path, chosen in paths.items():
                     began = time.perf_counter()
-                    await sql.similar_tasks(conn, chosen, user["user_id"], task["id"], 10)
+                    await sql.similar_tasks(conn, cache, chosen, user["user_id"], task["id"], 10)
                     middle = time.perf_counter()
-                    await sql.search_semantic(conn, chosen, user["user_id"], vector, 10)
+                    await sql.search_semantic(conn, cache, chosen, user["user_id"], vector, 10)
                     if attempt:
                         times[f"similar, {path}"].append((middle - began) * 1000)
                         times[f"semantic, {path}"].append((time.perf_counter() - middle) * 1000)
         print(
             f"{user['n']:>10,}" + "".join(f"{statistics.median(times[c]):>20.1f}" for c in columns)
         )
-    await conn.close()
-    await db.close()
 
 
 async def run(dsn: str, queries: int, rounds: int, whole_table: int, vocabulary_size: int) -> None:
     settings = load_settings(env="test", database_url=dsn)
-    db = await Database.connect(settings, dsn)
-    await cache.start(settings, db)  # as the app does: the vector paths consult it
-    conn: Connection = await db.connect_direct()
-    total = await conn.fetchval("SELECT count(*) FROM tasks")
-    shared_buffers = await conn.fetchval("SHOW shared_buffers")
-    users = await conn.fetchval("SELECT count(DISTINCT user_id) FROM tasks")
-    sizes = user_sizes(settings.search_exact_scan_below)
-    workload = await make_queries(conn, queries, vocabulary_size, sizes)
-    matches = [await conn.fetchrow(MATCHES, q.user_id, q.text) for q in workload]
-    results = []
-    for round_ in range(rounds + 1):
-        bench = Bench(conn, settings)
-        began = time.perf_counter()
-        for q in workload:
-            await bench.per_user(q)
-        for q in workload[:whole_table]:
-            await bench.whole_table(q)
-        label = "warm-up" if round_ == 0 else f"round {round_}"
-        print(f"{label}: {time.perf_counter() - began:.0f} s", flush=True)
-        if round_:
-            results.append(bench)
-    await conn.close()
-    await cache.stop()
-    await db.close()
+    # Open as the app does: the vector paths keep each user's size in the cache.
+    async with open_services(settings, dsn=dsn) as services:
+        conn: Connection = await services.db.connect_direct()
+        total = await conn.fetchval("SELECT count(*) FROM tasks")
+        shared_buffers = await conn.fetchval("SHOW shared_buffers")
+        users = await conn.fetchval("SELECT count(DISTINCT user_id) FROM tasks")
+        sizes = user_sizes(settings.search_exact_scan_below)
+        workload = await make_queries(conn, queries, vocabulary_size, sizes)
+        matches = [await conn.fetchrow(MATCHES, q.user_id, q.text) for q in workload]
+        results = []
+        for round_ in range(rounds + 1):
+            bench = Bench(conn, services.cache, settings)
+            began = time.perf_counter()
+            for q in workload:
+                await bench.per_user(q)
+            for q in workload[:whole_table]:
+                await bench.whole_table(q)
+            label = "warm-up" if round_ == 0 else f"round {round_}"
+            print(f"{label}: {time.perf_counter() - began:.0f} s", flush=True)
+            if round_:
+                results.append(bench)
+        await conn.close()
 
     counts = {
         f"{name} ({low:,}{f'–{high - 1:,}' if high else '+'} tasks)": sum(

@@ -34,10 +34,11 @@ import random
 import time
 from datetime import UTC, datetime
 
-from app.config import get_settings
-from app.db import Database
+from app.config import load_settings
+from app.db import Connection
 from app.db.urls import resolve_database_url
 from app.search.embedder import HashingEmbedder
+from app.services import open_services
 
 
 def _split(text: str) -> list[str]:
@@ -142,9 +143,16 @@ def _embed_chunk(texts: list[str]) -> list[list[float]]:
 
 
 async def seed(dsn: str, tasks: int, users: int, vocabulary_size: int = 30_000) -> None:
-    settings = get_settings()
-    db = await Database.connect(settings, dsn)
-    conn = await db.connect_direct()
+    async with open_services(load_settings(database_url=dsn), dsn=dsn) as services:
+        # One connection outside the pools: it changes session settings for the index build.
+        conn = await services.db.connect_direct()
+        try:
+            await fill(conn, tasks, users, vocabulary_size)
+        finally:
+            await conn.close()
+
+
+async def fill(conn: Connection, tasks: int, users: int, vocabulary_size: int) -> None:
     words = vocabulary(vocabulary_size)
     began = time.perf_counter()
     user_ids = await conn.fetch(
@@ -244,8 +252,6 @@ async def seed(dsn: str, tasks: int, users: int, vocabulary_size: int = 30_000) 
     began = time.perf_counter()
     await conn.execute("VACUUM ANALYZE tasks", timeout=LONG)
     print(f"vacuum: {time.perf_counter() - began:.0f} s", flush=True)
-    await conn.close()
-    await db.close()
 
 
 def main() -> None:
@@ -254,7 +260,7 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=1_000)
     parser.add_argument("--vocabulary", type=int, default=30_000)
     options = parser.parse_args()
-    dsn = resolve_database_url(get_settings())
+    dsn = resolve_database_url(load_settings())
     asyncio.run(seed(dsn, options.tasks, options.users, options.vocabulary))
 
 

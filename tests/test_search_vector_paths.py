@@ -12,7 +12,6 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from app.cache import cache
 from app.config import Settings
 from app.search import service as sql
 from app.search.embedder import HashingEmbedder
@@ -54,6 +53,7 @@ async def plans(client: httpx.AsyncClient, owner: int) -> dict[str, str]:
     vector = HashingEmbedder().embed("budget")
     lang = sql.lang_literal(settings.search_language)
     explained = {}
+    cache = app.state.services.cache
     async with app.state.services.db.acquire() as conn:
         any_task = await conn.fetchval("SELECT id FROM tasks WHERE user_id = $1 LIMIT 1", owner)
         statements = {
@@ -64,7 +64,7 @@ async def plans(client: httpx.AsyncClient, owner: int) -> dict[str, str]:
         for name, (vector_sql, statement, args) in statements.items():
             exact_below = settings.search_hybrid_exact_scan_below if name == "hybrid" else None
             async with sql.nearest_first(
-                conn, settings, owner, vector_sql, exact_below=exact_below
+                conn, cache, settings, owner, vector_sql, exact_below=exact_below
             ) as order:
                 text = statement.format(lang=lang, nearest_first=order)
                 rows = await conn.fetch("EXPLAIN " + text, *args)
@@ -173,16 +173,17 @@ async def test_which_path_a_user_takes_is_cached(
 ) -> None:
     app = the_app(client)
     settings: Settings = app.state.services.settings
+    cache = app.state.services.cache
     await new_user(client, "bob@example.com")
     bob = await user_id(db_conn, "bob@example.com")
     async with app.state.services.db.acquire() as conn:
-        assert not await sql.takes_index(conn, settings, bob)
+        assert not await sql.takes_index(conn, cache, settings, bob)
         await conn.executemany(
             "INSERT INTO tasks (user_id, title) VALUES ($1, $2)",
             [(bob, f"chore {n}") for n in range(LARGE)],
         )
-        assert not await sql.takes_index(conn, settings, bob)  # the cached answer
+        assert not await sql.takes_index(conn, cache, settings, bob)  # the cached answer
         assert await cache.delete(sql.size_key(LARGE, bob))
-        assert await sql.takes_index(conn, settings, bob)  # counted again
+        assert await sql.takes_index(conn, cache, settings, bob)  # counted again
         raised = settings.model_copy(update=EXACT_FOR_ALL)
-        assert not await sql.takes_index(conn, raised, bob)  # another threshold, another key
+        assert not await sql.takes_index(conn, cache, raised, bob)  # another threshold, another key

@@ -49,9 +49,11 @@ async def search_tasks(
     else:
         vector = await asyncio.to_thread(services.embedder.embed, query)
         if mode == "semantic":
-            rows = await sql.search_semantic(conn, settings, user.id, vector, limit)
+            rows = await sql.search_semantic(conn, services.cache, settings, user.id, vector, limit)
         else:
-            rows = await sql.search_hybrid(conn, settings, user.id, query, vector, limit)
+            rows = await sql.search_hybrid(
+                conn, services.cache, settings, user.id, query, vector, limit
+            )
     return SearchResults(mode=mode, items=[Hit(**hit) for hit in sql.rows_out(rows)])
 
 
@@ -68,5 +70,5 @@ async def list_similar_tasks(
         raise HTTPException(404, "Task not found")
     if not embedded:
         return SearchResults(mode="semantic", items=[])  # its embedding job has not run yet
-    rows = await sql.similar_tasks(conn, services.settings, user.id, task_id, limit)
+    rows = await sql.similar_tasks(conn, services.cache, services.settings, user.id, task_id, limit)
     return SearchResults(mode="semantic", items=[Hit(**hit) for hit in sql.rows_out(rows)])

@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from app.cache import cache
+from app.cache import Cache
 from app.config import Settings
 from app.db import Connection, Record
 
@@ -167,14 +167,20 @@ async def search_fuzzy(
 
 
 async def search_semantic(
-    conn: Connection, settings: Settings, user_id: int, vector: list[float], limit: int
+    conn: Connection,
+    cache: Cache,
+    settings: Settings,
+    user_id: int,
+    vector: list[float],
+    limit: int,
 ) -> list[Record]:
-    async with nearest_first(conn, settings, user_id, "$2") as order:
+    async with nearest_first(conn, cache, settings, user_id, "$2") as order:
         return await conn.fetch(SEMANTIC.format(nearest_first=order), user_id, vector, limit)
 
 
 async def search_hybrid(
     conn: Connection,
+    cache: Cache,
     settings: Settings,
     user_id: int,
     query: str,
@@ -188,7 +194,7 @@ async def search_hybrid(
     # Its vector half wants 40+ candidates: a filtered index walk costs more per candidate,
     # the exact scan the same for any number, so it keeps the exact path longer.
     threshold = settings.search_hybrid_exact_scan_below
-    async with nearest_first(conn, settings, user_id, "$3", exact_below=threshold) as order:
+    async with nearest_first(conn, cache, settings, user_id, "$3", exact_below=threshold) as order:
         return await conn.fetch(
             HYBRID.format(lang=lang, nearest_first=order),
             user_id,
@@ -202,15 +208,17 @@ async def search_hybrid(
 
 
 async def similar_tasks(
-    conn: Connection, settings: Settings, user_id: int, task_id: int, limit: int
+    conn: Connection, cache: Cache, settings: Settings, user_id: int, task_id: int, limit: int
 ) -> list[Record]:
-    async with nearest_first(conn, settings, user_id, "(SELECT embedding FROM source)") as order:
+    source = "(SELECT embedding FROM source)"
+    async with nearest_first(conn, cache, settings, user_id, source) as order:
         return await conn.fetch(SIMILAR.format(nearest_first=order), user_id, task_id, limit)
 
 
 @asynccontextmanager
 async def nearest_first(
     conn: Connection,
+    cache: Cache,
     settings: Settings,
     user_id: int,
     vector: str,
@@ -226,7 +234,7 @@ async def nearest_first(
     settings; the exact path needs none.
     """
     threshold = settings.search_exact_scan_below if exact_below is None else exact_below
-    if not await takes_index(conn, settings, user_id, threshold):
+    if not await takes_index(conn, cache, settings, user_id, threshold):
         yield BY_SIMILARITY.format(vector=vector)
         return
     async with conn.transaction():
@@ -244,14 +252,19 @@ def size_key(threshold: int, user_id: int) -> str:
 
 
 async def takes_index(
-    conn: Connection, settings: Settings, user_id: int, threshold: int | None = None
+    conn: Connection,
+    cache: Cache,
+    settings: Settings,
+    user_id: int,
+    threshold: int | None = None,
 ) -> bool:
     """Whether the caller has at least ``threshold`` (``search_exact_scan_below``) tasks.
 
     Counting stops at the threshold (an index-only scan of at most that many entries), but
     that is still up to a millisecond for a large account, on every vector query; the
-    answer is cached for SEARCH_SIZE_CACHE_SECONDS (a user crossing the threshold switches
-    paths that much later: both paths answer correctly, only their cost differs).
+    answer is kept in ``cache`` for SEARCH_SIZE_CACHE_SECONDS (a user crossing the
+    threshold switches paths that much later: both paths answer correctly, only their cost
+    differs).
     """
     if threshold is None:
         threshold = settings.search_exact_scan_below
