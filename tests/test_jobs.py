@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import sys
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from datetime import UTC, datetime
 
 import httpx
 import pytest
+from prometheus_client import REGISTRY
 
 import tests.jobs_fixtures as fixtures
 from app.config import Settings
@@ -20,15 +19,18 @@ from app.jobs.sql import CLAIM
 from app.jobs.worker import Worker
 from app.main import create_app
 from app.observability.logging import request_id_var
-from app.services import Services, open_services
+from app.services import Services
 from tests.helpers import eventually
-
-JOB_SETTINGS = {
-    "jobs_poll_interval": 0.1,
-    "jobs_lease_seconds": 1.5,
-    "jobs_backoff_base": 0.01,
-    "jobs_shutdown_grace": 0.2,
-}
+from tests.jobs_helpers import (
+    JOB_SETTINGS,
+    drain,
+    finish,
+    job_row,
+    job_services,
+    runs,
+    worker_for,
+    worker_process,
+)
 
 
 @pytest.fixture
@@ -38,38 +40,13 @@ def job_settings(make_settings: Callable[..., Settings]) -> Settings:
 
 @pytest.fixture
 async def services(job_settings: Settings) -> AsyncIterator[Services]:
-    async with open_services(job_settings, job_modules=["tests.jobs_fixtures"]) as opened:
-        async with opened.db.acquire() as conn:
-            await conn.execute(fixtures.SCHEMA)
+    async with job_services(job_settings) as opened:
         yield opened
 
 
 @pytest.fixture
 def db(services: Services) -> Database:
     return services.db
-
-
-def worker_for(services: Services, settings: Settings, **options: Any) -> Worker:
-    """A worker on the open services' database and jobs, with its own settings."""
-    jobs = Jobs(services.db, settings, services.jobs.registry, services.notifier)
-    return Worker(jobs, **options)
-
-
-async def runs(db: Database, kind: str) -> list[str]:
-    async with db.acquire() as conn:
-        rows = await conn.fetch("SELECT value FROM test_job_runs WHERE kind = $1 ORDER BY id", kind)
-    return [row["value"] for row in rows]
-
-
-async def job_row(db: Database, job_id: int) -> dict[str, Any]:
-    async with db.acquire() as conn:
-        row = await conn.fetchrow("SELECT *, state::text AS state FROM jobs WHERE id = $1", job_id)
-    assert row is not None
-    return dict(row)
-
-
-async def drain(services: Services, concurrency: int | None = None) -> None:
-    await Worker(services.jobs, burst=True, concurrency=concurrency).run()
 
 
 async def test_enqueue_commits_and_rolls_back_with_the_business_write(
@@ -111,7 +88,7 @@ async def test_unique_keys_deduplicate_while_unfinished(
 async def test_priority_then_run_at_order(
     db: Database, job_settings: Settings, services: Services
 ) -> None:
-    from datetime import UTC, datetime, timedelta
+    from datetime import timedelta
 
     now = datetime.now(UTC)
     await enqueue("test.record", {"value": "low-old"}, run_at=now - timedelta(seconds=30))
@@ -174,7 +151,7 @@ async def test_a_worker_behind_pgbouncer_claims_in_pooled_transactions(
 ) -> None:
     # No DATABASE_DIRECT_URL behind the pooler: no LISTEN anywhere, the worker polls.
     pooled = make_settings(**JOB_SETTINGS, db_pool_mode="pgbouncer")
-    async with open_services(pooled, job_modules=["tests.jobs_fixtures"]) as behind_pooler:
+    async with job_services(pooled) as behind_pooler:
         assert behind_pooler.notifier.health() == ("polling (no direct URL)", True)
         await enqueue_many("test.record", [{"value": n} for n in range(3)])
         await Worker(behind_pooler.jobs, burst=True).run()
@@ -281,6 +258,8 @@ async def test_listener_loss_falls_back_to_polling_and_recovers(
 ) -> None:
     worker = Worker(services.jobs)
     task = asyncio.create_task(worker.run())
+    # Started (its first maintenance round follows its LISTENs), and the notifier is up.
+    await eventually(lambda: _started(worker))
     await eventually(lambda: _listening(services))
     async with db.acquire() as conn:
         await conn.execute(
@@ -321,37 +300,11 @@ async def _listening(services: Services) -> bool:
     return services.notifier.connected
 
 
+async def _started(worker: Worker) -> bool:
+    return worker.maintenance.rounds > 0
+
+
 # --- real worker processes ---------------------------------------------------------------
-
-
-async def worker_process(database_url: str, *extra: str, **env: str) -> asyncio.subprocess.Process:
-    environment = {
-        **os.environ,
-        "ENV": "test",
-        "DATABASE_URL": database_url,
-        "LOG_LEVEL": "WARNING",
-        "JOBS_POLL_INTERVAL": "0.1",
-        "JOBS_LEASE_SECONDS": "1.5",
-        "JOBS_BACKOFF_BASE": "0.01",
-        **env,
-    }
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "app.cli",
-        "worker",
-        "--import",
-        "tests.jobs_fixtures",
-        *extra,
-        env=environment,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-
-
-async def finish(process: asyncio.subprocess.Process) -> None:
-    _, stderr = await asyncio.wait_for(process.communicate(), 60)
-    assert process.returncode == 0, stderr.decode()[-3000:]
 
 
 async def test_a_killed_worker_loses_nothing(db: Database, database_url: str) -> None:
@@ -408,24 +361,17 @@ async def test_a_lone_burst_worker_runs_due_periodic_jobs(
 
 
 async def test_a_periodic_job_runs_once_per_slot_across_workers(
-    db: Database, database_url: str
+    db: Database, services: Services
 ) -> None:
-    workers = [
-        await worker_process(database_url, "--burst", JOBS_LEASE_SECONDS="10") for _ in range(3)
-    ]
-    for process in workers:
-        await finish(process)
+    # Workers at once, then one more, all in the same minute (the clock is pinned): the
+    # slot is run once. A minute later it is due again.
+    minute = datetime(2026, 12, 2, 9, 30, 15, tzinfo=UTC)
+    await asyncio.gather(*(drain(services, clock=lambda: minute) for _ in range(3)))
     assert len(await runs(db, "periodic")) == 1
-    again = await worker_process(
-        database_url, "--burst", JOBS_LEASE_SECONDS="10"
-    )  # same minute: nothing new
-    await finish(again)
-    async with db.acquire() as conn:
-        slot_minutes = await conn.fetchval(
-            "SELECT count(*) FROM job_schedule WHERE name = 'test.periodic'"
-        )
-    assert slot_minutes == 1
-    assert len(await runs(db, "periodic")) in (1, 2)  # 2 only if the minute turned meanwhile
+    await drain(services, clock=lambda: minute.replace(second=59))
+    assert len(await runs(db, "periodic")) == 1
+    await drain(services, clock=lambda: minute.replace(minute=31))
+    assert len(await runs(db, "periodic")) == 2
 
 
 # --- ops ---------------------------------------------------------------------------------
@@ -438,6 +384,7 @@ async def test_ops_report_and_actions(
         make_settings(ops_token="ops-secret", jobs_modules=["tests.jobs_fixtures"], **JOB_SETTINGS)
     )
     headers = {"Authorization": "Bearer ops-secret"}
+    dead_before = finished_total("dead")
     async with app.router.lifespan_context(app):
         async with app.state.services.db.acquire() as conn:
             await conn.execute(fixtures.SCHEMA)
@@ -465,5 +412,13 @@ async def test_ops_report_and_actions(
                 await client.post(f"/ops/jobs/{waiting}/cancel", headers=headers)
             ).status_code == 202
             assert (await client.post("/ops/jobs/abc/cancel", headers=headers)).status_code == 422
+            # The retried job fails its one extra attempt: dead again, and counted.
+            await Worker(app.state.services.jobs, burst=True).run()
+            assert (await job_row(app.state.services.db, dead))["state"] == "dead"
+            assert finished_total("dead") == dead_before + 1
             text = (await client.get("/metrics")).text
-    assert "jobs_finished_total" in text or "job_wait_seconds" in text
+    assert f'jobs_finished_total{{outcome="dead"}} {dead_before + 1}' in text
+
+
+def finished_total(outcome: str) -> float:
+    return REGISTRY.get_sample_value("jobs_finished_total", {"outcome": outcome}) or 0.0
