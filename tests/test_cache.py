@@ -9,6 +9,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+from redis.asyncio import Redis
 
 from app.cache import Cache, create_backend
 from app.config import Settings
@@ -285,6 +286,46 @@ async def test_l1_serves_repeat_reads_and_is_invalidated_by_other_writers(
     await eventually(heard, lambda count: count == 6)
 
 
+async def test_l1_is_bypassed_while_the_notifier_is_down_and_invalidated_after_it_reconnects(
+    backend_settings: Callable[..., Settings],
+    start_services: StartServices,
+    db_conn: asyncpg.Connection,
+) -> None:
+    settings = backend_settings(cache_l1_ttl_seconds=600)
+    writer = (await start_services(settings)).cache
+    services = await start_services(settings)
+    reader, notifier = services.cache, services.redis_notifier or services.notifier
+    await writer.set("shared:1", "v1")
+    await until_l1_serves(reader, "shared:1", "v1")
+    assert reader.health() == ("listening", True)
+
+    seen: list[tuple[bool, tuple[str, bool], int]] = []
+    back = asyncio.Event()
+
+    def on_state(connected: bool) -> None:
+        # Registered after the cache's own handler, so it sees what the cache made of it.
+        seen.append((connected, reader.health(), reader.l1_entries))
+        if connected:
+            back.set()
+
+    forget = notifier.on_state(on_state)
+    try:
+        assert await kill_notifier_connections(settings, db_conn) == 2  # writer's, reader's
+        await asyncio.wait_for(back.wait(), 30)
+
+        await until_l1_serves(reader, "shared:1", "v1")
+        heard = reader.invalidations_received
+        await writer.set("shared:1", "v2")
+        await until_read(reader, "shared:1", "v2")
+        assert reader.invalidations_received == heard + 1
+    finally:
+        forget()
+    assert seen == [
+        (False, ("l1 bypassed: listener down", True), 0),
+        (True, ("listening", True), 0),
+    ]
+
+
 async def test_an_l1_copy_lives_at_most_the_l1_ttl(
     clocked_cache: tuple[Cache, ManualClock],
 ) -> None:
@@ -390,6 +431,25 @@ def _constant(value: int) -> Callable[[], Awaitable[int]]:
         return value
 
     return load
+
+
+async def kill_notifier_connections(settings: Settings, db_conn: asyncpg.Connection) -> int:
+    """End every cache notifier's connection from the server side; how many were ended."""
+    if settings.cache_backend == "redis":
+        assert settings.redis_url is not None
+        redis = Redis.from_url(settings.redis_url)
+        try:
+            return int(await redis.client_kill_filter(_type="pubsub"))
+        finally:
+            await redis.aclose()
+    # The notifier's connection: direct, idle after its last LISTEN.
+    return int(
+        await db_conn.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND application_name = 'pgfirst-direct'"
+            " AND query LIKE 'LISTEN%'"
+        )
+    )
 
 
 def refreshes(key: str) -> list[asyncio.Task[Any]]:
