@@ -1,25 +1,39 @@
 """/api/projects and /api/tasks: CRUD owned by the caller, keyset-paginated lists.
 
+Handlers parse, authorise and shape; the SQL and the transactions are in ``service.py``.
 GETs carry a weak ETag from the caller's data version and answer ``If-None-Match`` with
-304 before touching the database; list pages are cached per data version
-(app/tasks/caching.py).
+304 before reading anything else; list pages are cached per data version
+(``caching.py``). The router's lifespan starts the process's ``DataVersions`` once the
+app's services are open, keeps it in ``app.state.data_versions``, and stops it first.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response, status
+from fastapi import (
+    APIRouter,
+    Depends,
+    FastAPI,
+    HTTPException,
+    Path,
+    Query,
+    Request,
+    Response,
+    status,
+)
+from pydantic import BaseModel
+from starlette.requests import HTTPConnection
 
-from app.cache.http import cache_headers, not_modified, weak_etag
-from app.db import Connection, Record
+from app.cache.http import cache_headers, not_modified
 from app.deps import CurrentUser, ServicesDep
 from app.pagination import InvalidCursor, read_timestamp_cursor, timestamp_cursor
-from app.search import request_embedding
+from app.services import Services
 from app.tasks import service
-from app.tasks.caching import data_version, list_key
+from app.tasks.caching import DataVersions, list_key, version_etag
 from app.tasks.schemas import (
     ProjectIn,
     ProjectOut,
@@ -31,26 +45,51 @@ from app.tasks.schemas import (
     TaskPatch,
 )
 
-router = APIRouter(tags=["tasks"])
+
+@asynccontextmanager
+async def _data_versions(app: FastAPI) -> AsyncIterator[None]:
+    services: Services = app.state.services
+    versions = DataVersions(services.db, services.notifier)
+    await versions.start()
+    app.state.data_versions = versions
+    try:
+        yield
+    finally:
+        del app.state.data_versions
+        await versions.stop()
+
+
+router = APIRouter(tags=["tasks"], lifespan=_data_versions)
 
 RowId = Annotated[int, Path(ge=1, le=2**63 - 1)]
 Limit = Annotated[int, Query(ge=1, le=100)]
 Cursor = Annotated[str | None, Query(max_length=512)]
+OpenApiResponses = dict[int | str, dict[str, Any]]
+NOT_FOUND: OpenApiResponses = {404: {"description": "Not found (or another user's)"}}
+NOT_MODIFIED: OpenApiResponses = {304: {"description": "The If-None-Match ETag is current"}}
+
+
+def _versions(connection: HTTPConnection) -> DataVersions:
+    versions: DataVersions = connection.app.state.data_versions
+    return versions
+
+
+Versions = Annotated[DataVersions, Depends(_versions)]
 
 
 def _secret(services: ServicesDep) -> str:
     return services.settings.secret_key.get_secret_value()
 
 
-def _announcer(services: ServicesDep) -> service.Announcer:
-    return service.Announcer(services.db, services.cache, services.broker)
+def _announcer(services: ServicesDep, versions: Versions) -> service.Announcer:
+    return service.Announcer(services.broker, versions)
 
 
 Secret = Annotated[str, Depends(_secret)]
 Announce = Annotated[service.Announcer, Depends(_announcer)]
 
 
-def _after(secret: str, cursor: str | None) -> tuple[Any, int] | None:
+def _after(secret: str, cursor: str | None) -> service.After | None:
     if cursor is None:
         return None
     try:
@@ -59,76 +98,104 @@ def _after(secret: str, cursor: str | None) -> tuple[Any, int] | None:
         raise HTTPException(400, "Invalid cursor") from None
 
 
-def _next_cursor(secret: str, rows: list[Record], limit: int) -> str | None:
+def _next_cursor(secret: str, rows: Sequence[TaskOut | ProjectOut], limit: int) -> str | None:
     """Rows were fetched with LIMIT limit + 1: one more means another page follows."""
     if len(rows) <= limit:
         return None
     last = rows[limit - 1]
-    return timestamp_cursor(secret, last["created_at"], last["id"])
+    return timestamp_cursor(secret, last.created_at, last.id)
 
 
-def _task(row: Record) -> TaskOut:
-    return TaskOut(**dict(row), completed=row["completed_at"] is not None)
+async def _cached_page(
+    request: Request,
+    services: Services,
+    versions: DataVersions,
+    user_id: int,
+    kind: str,
+    load: Callable[[], Awaitable[BaseModel]],
+) -> Response:
+    """A list page: 304 when the client has this data version, else from the cache."""
+    version = await versions.read(user_id)
+    query = request.url.query
+    headers = cache_headers(version_etag(user_id, version, kind, query))
+    if (unchanged := not_modified(request, headers)) is not None:
+        return unchanged
+
+    async def page() -> dict[str, Any]:
+        return (await load()).model_dump(mode="json")
+
+    ttl = services.settings.cache_list_ttl_seconds
+    if ttl > 0:
+        body = await services.cache.get_or_set(
+            list_key(user_id, version, kind, query), page, ttl=ttl
+        )
+    else:
+        body = await page()
+    return Response(orjson.dumps(body), media_type="application/json", headers=headers)
+
+
+async def _unchanged(
+    request: Request, response: Response, versions: DataVersions, user_id: int, *resource: object
+) -> Response | None:
+    """The 304 for one row when the client holds the current tag; else sets the headers."""
+    headers = cache_headers(version_etag(user_id, await versions.read(user_id), *resource))
+    if (unchanged := not_modified(request, headers)) is not None:
+        return unchanged
+    response.headers.update(headers)
+    return None
 
 
 # --- projects ----------------------------------------------------------------------------
 
 
-@router.get("/api/projects", response_model=ProjectPage)
+@router.get("/api/projects", response_model=ProjectPage, responses=NOT_MODIFIED)
 async def list_projects(
     request: Request,
     user: CurrentUser,
     services: ServicesDep,
+    versions: Versions,
     secret: Secret,
     limit: Limit = 50,
     cursor: Cursor = None,
 ) -> Response:
     after = _after(secret, cursor)
 
-    async def load() -> dict[str, Any]:
-        async with services.db.acquire() as conn:
-            if after is None:
-                sql = service.LIST_PROJECTS.format(after="")
-                rows = await conn.fetch(sql, user.id, limit + 1)
-            else:
-                sql = service.LIST_PROJECTS.format(after="AND (created_at, id) < ($3, $4)")
-                rows = await conn.fetch(sql, user.id, limit + 1, *after)
-        items = [ProjectOut(**dict(row)) for row in rows[:limit]]
-        page = ProjectPage(items=items, next_cursor=_next_cursor(secret, rows, limit))
-        return page.model_dump(mode="json")
+    async def load() -> ProjectPage:
+        rows = await service.list_projects(services.db, user.id, limit=limit + 1, after=after)
+        return ProjectPage(items=rows[:limit], next_cursor=_next_cursor(secret, rows, limit))
 
-    return await _cached_page(services, request, user.id, "projects", load)
+    return await _cached_page(request, services, versions, user.id, "projects", load)
 
 
 @router.post("/api/projects", status_code=status.HTTP_201_CREATED)
 async def create_project(
     body: ProjectIn, user: CurrentUser, services: ServicesDep, announce: Announce
 ) -> ProjectOut:
-    async with services.db.transaction() as conn:
-        row = await conn.fetchrow(service.INSERT_PROJECT, user.id, body.name, body.color)
-        assert row is not None
-        await announce(conn, user.id, "project.created", ("project", row["id"]), {})
-    return ProjectOut(**dict(row))
+    return await service.create_project(services.db, announce, user.id, body)
 
 
-@router.get("/api/projects/{project_id}", response_model=ProjectOut)
+@router.get(
+    "/api/projects/{project_id}",
+    response_model=ProjectOut,
+    responses={**NOT_MODIFIED, **NOT_FOUND},
+)
 async def get_project(
     project_id: RowId,
     request: Request,
     response: Response,
     user: CurrentUser,
     services: ServicesDep,
-) -> Any:
-    async def load(conn: Connection) -> Record | None:
-        return await conn.fetchrow(service.GET_PROJECT, user.id, project_id)
+    versions: Versions,
+) -> ProjectOut | Response:
+    if unchanged := await _unchanged(request, response, versions, user.id, "project", project_id):
+        return unchanged
+    project = await service.get_project(services.db, user.id, project_id)
+    if project is None:
+        raise HTTPException(404, "Project not found")
+    return project
 
-    row = await _conditional_row(
-        request, response, services, user.id, ("project", project_id), load
-    )
-    return row if isinstance(row, Response) else ProjectOut(**dict(row))
 
-
-@router.patch("/api/projects/{project_id}")
+@router.patch("/api/projects/{project_id}", responses=NOT_FOUND)
 async def update_project(
     project_id: RowId,
     body: ProjectPatch,
@@ -136,35 +203,32 @@ async def update_project(
     services: ServicesDep,
     announce: Announce,
 ) -> ProjectOut:
-    async with services.db.transaction() as conn:
-        row = await conn.fetchrow(
-            service.UPDATE_PROJECT, user.id, project_id, body.name, body.color
-        )
-        if row is None:
-            raise HTTPException(404, "Project not found")
-        await announce(conn, user.id, "project.updated", ("project", project_id), {})
-    return ProjectOut(**dict(row))
+    project = await service.update_project(services.db, announce, user.id, project_id, body)
+    if project is None:
+        raise HTTPException(404, "Project not found")
+    return project
 
 
-@router.delete("/api/projects/{project_id}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete(
+    "/api/projects/{project_id}", status_code=status.HTTP_204_NO_CONTENT, responses=NOT_FOUND
+)
 async def delete_project(
     project_id: RowId, user: CurrentUser, services: ServicesDep, announce: Announce
 ) -> Response:
-    async with services.db.transaction() as conn:
-        if await conn.fetchval(service.DELETE_PROJECT, user.id, project_id) is None:
-            raise HTTPException(404, "Project not found")
-        await announce(conn, user.id, "project.deleted", ("project", project_id), {})
+    if not await service.delete_project(services.db, announce, user.id, project_id):
+        raise HTTPException(404, "Project not found")
     return Response(status_code=204)
 
 
 # --- tasks -------------------------------------------------------------------------------
 
 
-@router.get("/api/tasks", response_model=TaskPage)
+@router.get("/api/tasks", response_model=TaskPage, responses=NOT_MODIFIED)
 async def list_tasks(
     request: Request,
     user: CurrentUser,
     services: ServicesDep,
+    versions: Versions,
     secret: Secret,
     project_id: Annotated[int | None, Query(ge=1, le=2**63 - 1)] = None,
     completed: bool | None = None,
@@ -173,142 +237,66 @@ async def list_tasks(
 ) -> Response:
     after = _after(secret, cursor)
 
-    async def load() -> dict[str, Any]:
-        sql, _ = service.list_tasks_sql(
-            project=project_id is not None,
+    async def load() -> TaskPage:
+        rows = await service.list_tasks(
+            services.db,
+            user.id,
+            project_id=project_id,
             completed=completed,
-            after=after is not None,
             limit=limit + 1,
+            after=after,
         )
-        args: list[Any] = [user.id]
-        if project_id is not None:
-            args.append(project_id)
-        if after is not None:
-            args.extend(after)
-        async with services.db.acquire() as conn:
-            rows = await conn.fetch(sql, *args)
-        page = TaskPage(
-            items=[_task(row) for row in rows[:limit]],
-            next_cursor=_next_cursor(secret, rows, limit),
-        )
-        return page.model_dump(mode="json")
+        return TaskPage(items=rows[:limit], next_cursor=_next_cursor(secret, rows, limit))
 
-    return await _cached_page(services, request, user.id, "tasks", load)
-
-
-async def _cached_page(
-    services: ServicesDep,
-    request: Request,
-    user_id: int,
-    kind: str,
-    load: Callable[[], Awaitable[dict[str, Any]]],
-) -> Response:
-    """A list page: 304 when the client has this data version, else from the cache."""
-    cache = services.cache
-    version = await data_version(cache, user_id)
-    query = request.url.query
-    headers = cache_headers(weak_etag(version, kind, query))
-    if (unchanged := not_modified(request, headers)) is not None:
-        return unchanged
-    ttl = services.settings.cache_list_ttl_seconds
-    if ttl > 0:
-        page = await cache.get_or_set(list_key(user_id, version, kind, query), load, ttl=ttl)
-    else:
-        page = await load()
-    return Response(orjson.dumps(page), media_type="application/json", headers=headers)
+    return await _cached_page(request, services, versions, user.id, "tasks", load)
 
 
 @router.post("/api/tasks", status_code=status.HTTP_201_CREATED)
 async def create_task(
     body: TaskIn, user: CurrentUser, services: ServicesDep, announce: Announce
 ) -> TaskOut:
-    async with services.db.transaction() as conn:
-        if body.project_id is not None and not await service.owns_project(
-            conn, user.id, body.project_id
-        ):
-            raise HTTPException(422, "Unknown project_id")
-        task_id = await conn.fetchval(
-            service.INSERT_TASK, user.id, body.project_id, body.title, body.body, body.due_at
-        )
-        await announce(conn, user.id, "task.created", ("task", task_id), {})
-        await request_embedding(services.jobs, conn, task_id)
-        row = await service.get_task(conn, user.id, task_id)
-    assert row is not None
-    return _task(row)
+    try:
+        return await service.create_task(services.db, announce, services.jobs, user.id, body)
+    except service.UnknownProject:
+        raise HTTPException(422, "Unknown project_id") from None
 
 
-@router.get("/api/tasks/{task_id}", response_model=TaskOut)
+@router.get("/api/tasks/{task_id}", response_model=TaskOut, responses={**NOT_MODIFIED, **NOT_FOUND})
 async def get_task(
-    task_id: RowId, request: Request, response: Response, user: CurrentUser, services: ServicesDep
-) -> Any:
-    async def load(conn: Connection) -> Record | None:
-        return await service.get_task(conn, user.id, task_id)
-
-    row = await _conditional_row(request, response, services, user.id, ("task", task_id), load)
-    return row if isinstance(row, Response) else _task(row)
-
-
-async def _conditional_row(
+    task_id: RowId,
     request: Request,
     response: Response,
+    user: CurrentUser,
     services: ServicesDep,
-    user_id: int,
-    resource: tuple[str, int],
-    load: Callable[[Connection], Awaitable[Record | None]],
-) -> Record | Response:
-    """One owned row, or a 304 when the client's ETag is the current data version's."""
-    headers = cache_headers(weak_etag(await data_version(services.cache, user_id), *resource))
-    if (unchanged := not_modified(request, headers)) is not None:
+    versions: Versions,
+) -> TaskOut | Response:
+    if unchanged := await _unchanged(request, response, versions, user.id, "task", task_id):
         return unchanged
-    async with services.db.acquire() as conn:
-        row = await load(conn)
-    if row is None:
-        raise HTTPException(404, f"{resource[0].capitalize()} not found")
-    response.headers.update(headers)
-    return row
+    task = await service.get_task(services.db, user.id, task_id)
+    if task is None:
+        raise HTTPException(404, "Task not found")
+    return task
 
 
-@router.patch("/api/tasks/{task_id}")
+@router.patch("/api/tasks/{task_id}", responses=NOT_FOUND)
 async def update_task(
     task_id: RowId, body: TaskPatch, user: CurrentUser, services: ServicesDep, announce: Announce
 ) -> TaskOut:
-    sent = body.model_fields_set
-    async with services.db.transaction() as conn:
-        if body.project_id is not None and not await service.owns_project(
-            conn, user.id, body.project_id
-        ):
-            raise HTTPException(422, "Unknown project_id")
-        updated = await conn.fetchrow(
-            service.UPDATE_TASK,
-            user.id,
-            task_id,
-            body.title,
-            body.body,
-            "project_id" in sent,
-            body.project_id,
-            "due_at" in sent,
-            body.due_at,
-            body.completed,
+    try:
+        task = await service.update_task(
+            services.db, announce, services.jobs, user.id, task_id, body
         )
-        if updated is None:
-            raise HTTPException(404, "Task not found")
-        event = "task.updated"
-        if body.completed is not None:
-            event = "task.completed" if body.completed else "task.reopened"
-        await announce(conn, user.id, event, ("task", task_id), {})
-        if "title" in sent or "body" in sent:
-            await request_embedding(services.jobs, conn, task_id)
-        row = await service.get_task(conn, user.id, task_id)
-    assert row is not None
-    return _task(row)
+    except service.UnknownProject:
+        raise HTTPException(422, "Unknown project_id") from None
+    if task is None:
+        raise HTTPException(404, "Task not found")
+    return task
 
 
-@router.delete("/api/tasks/{task_id}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete("/api/tasks/{task_id}", status_code=status.HTTP_204_NO_CONTENT, responses=NOT_FOUND)
 async def delete_task(
     task_id: RowId, user: CurrentUser, services: ServicesDep, announce: Announce
 ) -> Response:
-    async with services.db.transaction() as conn:
-        if await conn.fetchval(service.DELETE_TASK, user.id, task_id) is None:
-            raise HTTPException(404, "Task not found")
-        await announce(conn, user.id, "task.deleted", ("task", task_id), {})
+    if not await service.delete_task(services.db, announce, user.id, task_id):
+        raise HTTPException(404, "Task not found")
     return Response(status_code=204)

@@ -1,20 +1,25 @@
 """Projects and tasks in SQL. Every statement filters by the caller's user_id: a row of
-another user is simply not found (404), and the composite foreign key (user_id,
-project_id) → projects(user_id, id) refuses a task pointing at someone else's project.
+another user is simply not found (None here, 404 in the API), and the composite foreign
+key (user_id, project_id) → projects(user_id, id) refuses a task pointing at someone
+else's project.
 
-Writes go through ``db.transaction()`` together with their activity-log row and their
-pub/sub event on the user's channel, so the log, the stream and the data agree.
+Each write runs in one ``db.transaction()`` with its activity-log row, its pub/sub event
+and a new data version for the user (``Announcer``), so the log, the stream, the caches
+and the data agree.
 """
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from app.activity import record
-from app.cache import Cache
 from app.db import Connection, Database, Record
+from app.jobs import Jobs
 from app.pubsub import Broker
-from app.tasks.caching import data_changed
+from app.search import request_embedding
+from app.tasks.caching import DataVersions
+from app.tasks.schemas import ProjectIn, ProjectOut, ProjectPatch, TaskIn, TaskOut, TaskPatch
 
 TASK_COLUMNS = """
 t.id, t.title, t.body, t.project_id, p.name AS project_name, p.color AS project_color,
@@ -63,7 +68,6 @@ RETURNING id, completed_at
 DELETE_TASK = "DELETE FROM tasks WHERE user_id = $1 AND id = $2 RETURNING id"
 OWNS_PROJECT = "SELECT EXISTS (SELECT 1 FROM projects WHERE user_id = $1 AND id = $2)"
 
-PROJECT_COLUMNS = "id, name, color, created_at"
 LIST_PROJECTS = """
 SELECT id, name, color, created_at FROM projects
 WHERE user_id = $1 {after}
@@ -81,6 +85,91 @@ WHERE user_id = $1 AND id = $2
 RETURNING id, name, color, created_at
 """
 DELETE_PROJECT = "DELETE FROM projects WHERE user_id = $1 AND id = $2 RETURNING id"
+
+After = tuple[datetime, int]  # (created_at, id) of the last row of the previous page
+
+
+class UnknownProject(LookupError):
+    """``project_id`` names no project of the caller."""
+
+
+class Announcer:
+    """Tells the rest of the system about a change, in the change's own transaction: the
+    activity log, the user's event stream and the user's data version."""
+
+    def __init__(self, broker: Broker, versions: DataVersions) -> None:
+        self.broker = broker
+        self.versions = versions
+
+    async def __call__(
+        self,
+        conn: Connection,
+        user_id: int,
+        event: str,
+        subject: tuple[str, int],
+        data: dict[str, Any] | None = None,
+    ) -> None:
+        data = data or {}
+        await record(conn, user_id, event, subject, data)
+        payload = {"type": event, "id": subject[1], **data}
+        await self.broker.publish(f"user:{user_id}", payload, conn=conn)
+        await self.versions.bump(conn, user_id)
+
+
+# --- projects ----------------------------------------------------------------------------
+
+
+async def list_projects(
+    db: Database, user_id: int, *, limit: int, after: After | None
+) -> list[ProjectOut]:
+    """Up to ``limit`` projects, newest first, after ``after``."""
+    async with db.acquire() as conn:
+        if after is None:
+            rows = await conn.fetch(LIST_PROJECTS.format(after=""), user_id, limit)
+        else:
+            sql = LIST_PROJECTS.format(after="AND (created_at, id) < ($3, $4)")
+            rows = await conn.fetch(sql, user_id, limit, *after)
+    return [ProjectOut(**dict(row)) for row in rows]
+
+
+async def get_project(db: Database, user_id: int, project_id: int) -> ProjectOut | None:
+    async with db.acquire() as conn:
+        row = await conn.fetchrow(GET_PROJECT, user_id, project_id)
+    return None if row is None else ProjectOut(**dict(row))
+
+
+async def create_project(
+    db: Database, announce: Announcer, user_id: int, new: ProjectIn
+) -> ProjectOut:
+    async with db.transaction() as conn:
+        row = await conn.fetchrow(INSERT_PROJECT, user_id, new.name, new.color)
+        assert row is not None
+        await announce(conn, user_id, "project.created", ("project", row["id"]))
+    return ProjectOut(**dict(row))
+
+
+async def update_project(
+    db: Database, announce: Announcer, user_id: int, project_id: int, patch: ProjectPatch
+) -> ProjectOut | None:
+    """The project after the patch; None when the caller has no such project."""
+    async with db.transaction() as conn:
+        row = await conn.fetchrow(UPDATE_PROJECT, user_id, project_id, patch.name, patch.color)
+        if row is None:
+            return None
+        await announce(conn, user_id, "project.updated", ("project", project_id))
+    return ProjectOut(**dict(row))
+
+
+async def delete_project(db: Database, announce: Announcer, user_id: int, project_id: int) -> bool:
+    """False when the caller has no such project. Its tasks stay, detached."""
+    async with db.transaction() as conn:
+        if await conn.fetchval(DELETE_PROJECT, user_id, project_id) is None:
+            return False
+        await announce(conn, user_id, "project.deleted", ("project", project_id))
+    return True
+
+
+# --- tasks -------------------------------------------------------------------------------
 
 
 def list_tasks_sql(
@@ -100,33 +189,99 @@ def list_tasks_sql(
     return sql, params
 
 
-async def get_task(conn: Connection, user_id: int, task_id: int) -> Record | None:
-    return await conn.fetchrow(GET_TASK, user_id, task_id)
+async def list_tasks(
+    db: Database,
+    user_id: int,
+    *,
+    project_id: int | None,
+    completed: bool | None,
+    limit: int,
+    after: After | None,
+) -> list[TaskOut]:
+    """Up to ``limit`` tasks, newest first, after ``after``, with their project."""
+    sql, _ = list_tasks_sql(
+        project=project_id is not None, completed=completed, after=after is not None, limit=limit
+    )
+    args: list[Any] = [user_id]
+    if project_id is not None:
+        args.append(project_id)
+    if after is not None:
+        args.extend(after)
+    async with db.acquire() as conn:
+        rows = await conn.fetch(sql, *args)
+    return [task_out(row) for row in rows]
 
 
-async def owns_project(conn: Connection, user_id: int, project_id: int) -> bool:
-    return bool(await conn.fetchval(OWNS_PROJECT, user_id, project_id))
+async def get_task(db: Database, user_id: int, task_id: int) -> TaskOut | None:
+    async with db.acquire() as conn:
+        row = await conn.fetchrow(GET_TASK, user_id, task_id)
+    return None if row is None else task_out(row)
 
 
-class Announcer:
-    """Tells the rest of the system about a change: the log, the stream, the caches."""
+async def create_task(
+    db: Database, announce: Announcer, jobs: Jobs, user_id: int, new: TaskIn
+) -> TaskOut:
+    """The new task; its embedding is queued in the same transaction."""
+    async with db.transaction() as conn:
+        await _check_project(conn, user_id, new.project_id)
+        task_id = await conn.fetchval(
+            INSERT_TASK, user_id, new.project_id, new.title, new.body, new.due_at
+        )
+        await announce(conn, user_id, "task.created", ("task", task_id))
+        await request_embedding(jobs, conn, task_id)
+        row = await conn.fetchrow(GET_TASK, user_id, task_id)
+    assert row is not None
+    return task_out(row)
 
-    def __init__(self, db: Database, cache: Cache, broker: Broker) -> None:
-        self.db = db
-        self.cache = cache
-        self.broker = broker
 
-    async def __call__(
-        self,
-        conn: Connection,
-        user_id: int,
-        event: str,
-        subject: tuple[str, int],
-        data: dict[str, Any],
-    ) -> None:
-        """Activity row + realtime event in the caller's transaction; a new data version
-        for the user's cached reads once it commits (app/tasks/caching.py)."""
-        await record(conn, user_id, event, subject, data)
-        payload = {"type": event, "id": subject[1], **data}
-        await self.broker.publish(f"user:{user_id}", payload, conn=conn)
-        await data_changed(self.db, self.cache, conn, user_id)
+async def update_task(
+    db: Database, announce: Announcer, jobs: Jobs, user_id: int, task_id: int, patch: TaskPatch
+) -> TaskOut | None:
+    """The task after the patch; None when the caller has no such task.
+
+    Only the fields sent count (``project_id``/``due_at`` null clear them).
+    """
+    sent = patch.model_fields_set
+    async with db.transaction() as conn:
+        await _check_project(conn, user_id, patch.project_id)
+        updated = await conn.fetchrow(
+            UPDATE_TASK,
+            user_id,
+            task_id,
+            patch.title,
+            patch.body,
+            "project_id" in sent,
+            patch.project_id,
+            "due_at" in sent,
+            patch.due_at,
+            patch.completed,
+        )
+        if updated is None:
+            return None
+        event = "task.updated"
+        if patch.completed is not None:
+            event = "task.completed" if patch.completed else "task.reopened"
+        await announce(conn, user_id, event, ("task", task_id))
+        if "title" in sent or "body" in sent:
+            await request_embedding(jobs, conn, task_id)
+        row = await conn.fetchrow(GET_TASK, user_id, task_id)
+    assert row is not None
+    return task_out(row)
+
+
+async def delete_task(db: Database, announce: Announcer, user_id: int, task_id: int) -> bool:
+    """False when the caller has no such task."""
+    async with db.transaction() as conn:
+        if await conn.fetchval(DELETE_TASK, user_id, task_id) is None:
+            return False
+        await announce(conn, user_id, "task.deleted", ("task", task_id))
+    return True
+
+
+def task_out(row: Record) -> TaskOut:
+    return TaskOut(**dict(row), completed=row["completed_at"] is not None)
+
+
+async def _check_project(conn: Connection, user_id: int, project_id: int | None) -> None:
+    if project_id is not None and not await conn.fetchval(OWNS_PROJECT, user_id, project_id):
+        raise UnknownProject(project_id)
