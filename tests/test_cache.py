@@ -138,6 +138,23 @@ async def test_delete_prefix_removes_only_that_prefix(new_cache: CacheFactory) -
     assert await cache.get_many(["a%_*[x]:1", "a%b", "a%_*[x]z"]) == {"a%b": 5}
 
 
+async def test_delete_prefix_removes_more_keys_than_one_scan_batch(
+    new_cache: CacheFactory,
+) -> None:
+    from app.cache.redis import SCAN_BATCH
+
+    cache = await new_cache()
+    matches = 2 * SCAN_BATCH + 500
+    for start in range(0, matches, SCAN_BATCH):
+        await cache.set_many(
+            {f"bulk:{n}": n for n in range(start, min(matches, start + SCAN_BATCH))}
+        )
+    await cache.set_many({f"bulky:{n}": n for n in range(10)})
+    assert await cache.delete_prefix("bulk:") == matches
+    assert await cache.get_many([f"bulk:{n}" for n in range(0, matches, 97)]) == {}
+    assert len(await cache.get_many([f"bulky:{n}" for n in range(10)])) == 10
+
+
 async def test_counters_increment_read_back_and_refuse_non_integers(
     new_cache: CacheFactory,
 ) -> None:

@@ -108,6 +108,13 @@ class RedisCacheBackend:
         return int(results[0])
 
     async def delete_prefix(self, prefix: str, announce: str) -> int:
+        """UNLINK every key starting with ``prefix``, found by SCAN MATCH.
+
+        Cost: SCAN walks the whole keyspace of the Redis database — every cache key and
+        every other key stored there (rate limits, pub/sub streams) — whatever the number
+        of matches, SCAN_BATCH keys per round trip; the matches go in UNLINKs of up to
+        SCAN_BATCH keys. A key written under the prefix while the scan runs may survive.
+        """
         deleted = 0
         batch: list[bytes] = []
         async for name in self.redis.scan_iter(
