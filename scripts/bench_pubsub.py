@@ -3,10 +3,11 @@
     uv run python -m scripts.bench_pubsub [--repeats 3] [--events 2000]
 
 Starts a throwaway embedded PostgreSQL (or uses DATABASE_URL) and a redis-server on a free
-port (or REDIS_URL). For each broker, in alternation, it measures:
+port (or REDIS_URL). Each broker runs inside ``open_services`` with PUBSUB_BACKEND set to
+it, as in the app. For each broker, in alternation, it measures:
 
 - latency: publish -> subscriber receives, one subscriber, paced at 1,000 events/s;
-- fan-out: the same with 100 subscribers on one channel (one listening connection);
+- fan-out: the same with 100 subscribers on one channel (the notifier's one connection);
 - throughput: 8 concurrent publishers, as fast as they go, until all events are received.
 
 Prints medians of the repeats and the Postgres/Redis ratio (lower is better for latency,
@@ -19,11 +20,10 @@ import argparse
 import asyncio
 import statistics
 import time
-from typing import Any
 
-from app.config import load_settings
-from app.db import Database
-from app.pubsub import Broker, Subscription, create_broker
+from app.config import Settings, load_settings
+from app.pubsub import Broker, Subscription
+from app.services import open_services
 from scripts.benchkit import percentile, services
 
 
@@ -68,17 +68,13 @@ async def throughput(broker: Broker, channel: str, events: int, publishers: int 
     return (per_publisher * publishers) / elapsed
 
 
-async def run_backend(settings: Any, dsn: str, events: int, round_no: int) -> dict[str, float]:
-    db = await Database.connect(settings, dsn)
-    broker = create_broker(settings, db)
-    await broker.start()
-    try:
+async def run_backend(settings: Settings, dsn: str, events: int, round_no: int) -> dict[str, float]:
+    # The broker as the app has it: over the process's one notifier of its backend.
+    async with open_services(settings, dsn=dsn) as opened:
+        broker = opened.broker
         one = await latency(broker, f"bench:lat:{round_no}", events, 1)
         fan = await latency(broker, f"bench:fan:{round_no}", events // 4, 100)
         rate = await throughput(broker, f"bench:tp:{round_no}", events * 2)
-    finally:
-        await broker.stop()
-        await db.close()
     return {
         "p50 ms (1 sub)": percentile(one, 0.5) * 1000,
         "p99 ms (1 sub)": percentile(one, 0.99) * 1000,
@@ -111,9 +107,11 @@ async def measure(dsn: str, redis_url: str, repeats: int, events: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--events", type=int, default=2000)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--repeats", type=int, default=3, help="rounds per broker (median)")
+    parser.add_argument(
+        "--events", type=int, default=2000, help="events per 1-subscriber latency run"
+    )
     options = parser.parse_args()
     with services() as (dsn, redis_url):
         asyncio.run(measure(dsn, redis_url, options.repeats, options.events))
