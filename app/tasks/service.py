@@ -5,7 +5,8 @@ else's project.
 
 Each write runs in one ``db.transaction()`` with its activity-log row, its pub/sub event
 and a new data version for the user (``Announcer``), so the log, the stream, the caches
-and the data agree.
+and the data agree. A PATCH that would leave every value as it is writes nothing at all:
+no ``updated_at``, no activity row, no event, no new version, no re-embedding.
 """
 
 from __future__ import annotations
@@ -52,18 +53,44 @@ INSERT INTO tasks (user_id, project_id, title, body, due_at)
 VALUES ($1, $2, $3, $4, $5)
 RETURNING id
 """
+# The row is locked first (FOR UPDATE waits for a concurrent writer and then reads its
+# version), the wanted values are computed from it, and the UPDATE runs only when they
+# differ from the current ones (IS DISTINCT FROM: NULLs compare as values). One row comes
+# back while the task exists: whether it changed, and whether its text or completion did.
+# $5/$7: whether project_id/due_at were sent (null then means "clear").
 UPDATE_TASK = """
-UPDATE tasks SET
-    title        = coalesce($3::text, title),
-    body         = coalesce($4::text, body),
-    project_id   = CASE WHEN $5::boolean THEN $6::bigint ELSE project_id END,
-    due_at       = CASE WHEN $7::boolean THEN $8::timestamptz ELSE due_at END,
-    completed_at = CASE WHEN $9::boolean IS NULL THEN completed_at
-                        WHEN $9::boolean THEN coalesce(completed_at, now())
-                        ELSE NULL END,
-    updated_at   = now()
-WHERE user_id = $1 AND id = $2
-RETURNING id, completed_at
+WITH current AS (
+    SELECT id, title, body, project_id, due_at, completed_at
+    FROM tasks
+    WHERE user_id = $1 AND id = $2
+    FOR UPDATE
+),
+wanted AS (
+    SELECT id,
+           coalesce($3::text, title) AS title,
+           coalesce($4::text, body) AS body,
+           CASE WHEN $5::boolean THEN $6::bigint ELSE project_id END AS project_id,
+           CASE WHEN $7::boolean THEN $8::timestamptz ELSE due_at END AS due_at,
+           CASE WHEN $9::boolean IS NULL THEN completed_at
+                WHEN $9::boolean THEN coalesce(completed_at, now())
+                ELSE NULL END AS completed_at
+    FROM current
+),
+updated AS (
+    UPDATE tasks t
+    SET title = w.title, body = w.body, project_id = w.project_id, due_at = w.due_at,
+        completed_at = w.completed_at, updated_at = now()
+    FROM wanted w JOIN current c USING (id)
+    WHERE t.id = w.id
+      AND (w.title, w.body, w.project_id, w.due_at, w.completed_at)
+          IS DISTINCT FROM (c.title, c.body, c.project_id, c.due_at, c.completed_at)
+    RETURNING t.id
+)
+SELECT EXISTS (SELECT FROM updated) AS changed,
+       (w.title, w.body) IS DISTINCT FROM (c.title, c.body) AS text_changed,
+       w.completed_at IS DISTINCT FROM c.completed_at AS completion_changed,
+       w.completed_at IS NOT NULL AS completed
+FROM wanted w JOIN current c USING (id)
 """
 DELETE_TASK = "DELETE FROM tasks WHERE user_id = $1 AND id = $2 RETURNING id"
 OWNS_PROJECT = "SELECT EXISTS (SELECT 1 FROM projects WHERE user_id = $1 AND id = $2)"
@@ -79,10 +106,25 @@ INSERT_PROJECT = """
 INSERT INTO projects (user_id, name, color) VALUES ($1, $2, $3)
 RETURNING id, name, color, created_at
 """
+# As UPDATE_TASK: lock, compare, write only a difference; the project as it now is.
 UPDATE_PROJECT = """
-UPDATE projects SET name = coalesce($3::text, name), color = coalesce($4::text, color)
-WHERE user_id = $1 AND id = $2
-RETURNING id, name, color, created_at
+WITH current AS (
+    SELECT id, name, color, created_at FROM projects
+    WHERE user_id = $1 AND id = $2
+    FOR UPDATE
+),
+wanted AS (
+    SELECT id, coalesce($3::text, name) AS name, coalesce($4::text, color) AS color, created_at
+    FROM current
+),
+updated AS (
+    UPDATE projects p SET name = w.name, color = w.color
+    FROM wanted w JOIN current c USING (id)
+    WHERE p.id = w.id AND (w.name, w.color) IS DISTINCT FROM (c.name, c.color)
+    RETURNING p.id
+)
+SELECT w.id, w.name, w.color, w.created_at, EXISTS (SELECT FROM updated) AS changed
+FROM wanted w
 """
 DELETE_PROJECT = "DELETE FROM projects WHERE user_id = $1 AND id = $2 RETURNING id"
 
@@ -156,8 +198,11 @@ async def update_project(
         row = await conn.fetchrow(UPDATE_PROJECT, user_id, project_id, patch.name, patch.color)
         if row is None:
             return None
-        await announce(conn, user_id, "project.updated", ("project", project_id))
-    return ProjectOut(**dict(row))
+        if row["changed"]:
+            await announce(conn, user_id, "project.updated", ("project", project_id))
+    return ProjectOut(
+        id=row["id"], name=row["name"], color=row["color"], created_at=row["created_at"]
+    )
 
 
 async def delete_project(db: Database, announce: Announcer, user_id: int, project_id: int) -> bool:
@@ -239,12 +284,14 @@ async def update_task(
 ) -> TaskOut | None:
     """The task after the patch; None when the caller has no such task.
 
-    Only the fields sent count (``project_id``/``due_at`` null clear them).
+    Only the fields sent count (``project_id``/``due_at`` null clear them); when no value
+    differs from the current one nothing is written or announced. A new embedding is
+    queued only when the title or body really changed.
     """
     sent = patch.model_fields_set
     async with db.transaction() as conn:
         await _check_project(conn, user_id, patch.project_id)
-        updated = await conn.fetchrow(
+        outcome = await conn.fetchrow(
             UPDATE_TASK,
             user_id,
             task_id,
@@ -256,14 +303,15 @@ async def update_task(
             patch.due_at,
             patch.completed,
         )
-        if updated is None:
+        if outcome is None:
             return None
-        event = "task.updated"
-        if patch.completed is not None:
-            event = "task.completed" if patch.completed else "task.reopened"
-        await announce(conn, user_id, event, ("task", task_id))
-        if "title" in sent or "body" in sent:
-            await request_embedding(jobs, conn, task_id)
+        if outcome["changed"]:
+            event = "task.updated"
+            if outcome["completion_changed"]:
+                event = "task.completed" if outcome["completed"] else "task.reopened"
+            await announce(conn, user_id, event, ("task", task_id))
+            if outcome["text_changed"]:
+                await request_embedding(jobs, conn, task_id)
         row = await conn.fetchrow(GET_TASK, user_id, task_id)
     assert row is not None
     return task_out(row)
