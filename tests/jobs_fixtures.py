@@ -58,3 +58,15 @@ async def long_running(marker: str) -> None:
 @job(name="test.periodic", cron="* * * * *")
 async def every_minute() -> None:
     await _record("periodic", None)
+
+
+@job(name="test.fail_often", max_attempts=5)
+async def fail_often() -> None:
+    raise RuntimeError("this job fails every attempt")
+
+
+@job(name="test.sleep", timeout=60)
+async def sleep_for(marker: str, seconds: float) -> None:
+    await _record("sleep.started", marker)
+    await asyncio.sleep(seconds)
+    await _record("sleep.finished", marker)
