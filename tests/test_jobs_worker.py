@@ -1,0 +1,141 @@
+"""The worker over time: heartbeats, retry backoff, pruning of finished jobs, run_worker."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime
+from typing import Any
+
+import pytest
+
+from app.config import Settings
+from app.current import ServicesNotOpen
+from app.db import Database
+from app.jobs import enqueue, run_worker
+from app.jobs.housekeeping import prune_jobs
+from app.jobs.worker import Worker
+from app.services import Services
+from tests.helpers import eventually
+from tests.jobs_helpers import JOB_SETTINGS, drain, job_row, job_services, runs
+
+
+@pytest.fixture
+def job_settings(make_settings: Callable[..., Settings]) -> Settings:
+    return make_settings(**JOB_SETTINGS)
+
+
+@pytest.fixture
+async def services(job_settings: Settings) -> AsyncIterator[Services]:
+    async with job_services(job_settings) as opened:
+        yield opened
+
+
+async def test_heartbeats_keep_a_long_job_leased_while_another_worker_runs(
+    services: Services,
+) -> None:
+    # Lease 1.5 s, a job of 5 s: without heartbeats its lease runs out three times over,
+    # and the maintenance leader (either worker) would rescue it for the other to re-run.
+    lease = services.settings.jobs_lease_seconds
+    job_id = await enqueue("test.sleep", {"marker": "long", "seconds": lease * 3 + 0.5})
+    assert job_id is not None
+    first, second = Worker(services.jobs), Worker(services.jobs)
+    first_task = asyncio.create_task(first.run())
+    await eventually(lambda: runs(services.db, "sleep.started"), lambda r: r == ["long"])
+    second_task = asyncio.create_task(second.run())
+    await eventually(
+        lambda: runs(services.db, "sleep.finished"), lambda r: r == ["long"], within=30
+    )
+    rounds_meanwhile = second.maintenance.rounds
+    for worker in (first, second):
+        worker.stop()
+    await asyncio.gather(first_task, second_task)
+    assert rounds_meanwhile >= 3  # the second worker was there for several lease periods
+    assert await runs(services.db, "sleep.started") == ["long"]
+    row = await job_row(services.db, job_id)
+    assert row["state"] == "succeeded"
+    assert row["attempt"] == 1
+    assert row["errors"] == []
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+async def test_retries_back_off_exponentially_with_jitter_up_to_the_cap(
+    make_settings: Callable[..., Settings], seed: int
+) -> None:
+    # Base 10 s doubling, capped at 25 s: 10, 20, 25 s before jitter, each jittered into
+    # [d/2, d] by the worker's random source, which the test replays.
+    settings = make_settings(**{**JOB_SETTINGS, "jobs_backoff_base": 10, "jobs_backoff_max": 25})
+    jitter, replay = random.Random(seed), random.Random(seed)
+    async with job_services(settings) as services:
+        job_id = await enqueue("test.fail_often")
+        assert job_id is not None
+        for attempt, full in enumerate((10.0, 20.0, 25.0), start=1):
+            await drain(services, rng=jitter)
+            row = await job_row(services.db, job_id)
+            assert row["attempt"] == attempt
+            assert row["state"] == "available"
+            failed_at = datetime.fromisoformat(row["errors"][-1]["at"])
+            delay = (row["run_at"] - failed_at).total_seconds()
+            assert full / 2 <= delay <= full
+            assert delay == pytest.approx(full / 2 + replay.uniform(0, full / 2), abs=1e-5)
+            async with services.db.acquire() as conn:  # due again now, not in seconds
+                await conn.execute("UPDATE jobs SET run_at = now() WHERE id = $1", job_id)
+
+
+async def _insert_job(db: Database, state: str, finished_hours_ago: float | None) -> int:
+    async with db.acquire() as conn:
+        job_id: int = await conn.fetchval(
+            "INSERT INTO jobs (name, state, finished_at, run_at) VALUES ('test.record', "
+            "$1::job_state, now() - make_interval(secs => $2::float8 * 3600), "
+            "now() - interval '20 hours') RETURNING id",
+            state,
+            finished_hours_ago,
+        )
+    return job_id
+
+
+async def _job_ids(db: Database) -> set[int]:
+    async with db.acquire() as conn:
+        return {row["id"] for row in await conn.fetch("SELECT id FROM jobs")}
+
+
+@pytest.mark.parametrize("batch", [1, 10_000])
+async def test_pruning_deletes_finished_jobs_past_the_retention_only(
+    make_settings: Callable[..., Settings], batch: int
+) -> None:
+    settings = make_settings(**JOB_SETTINGS, jobs_retention_hours=10)
+    async with job_services(settings) as services:
+        db = services.db
+        async with db.acquire() as conn:
+            await conn.execute("DELETE FROM jobs")
+        old = {
+            await _insert_job(db, "succeeded", 11),
+            await _insert_job(db, "dead", 30),
+            await _insert_job(db, "cancelled", 10.5),
+        }
+        kept = {
+            await _insert_job(db, "succeeded", 9),
+            await _insert_job(db, "dead", 1),
+            await _insert_job(db, "available", None),  # waiting for 20 hours: not finished
+        }
+        if batch == 10_000:  # the periodic job as registered, with JOBS_RETENTION_HOURS
+            kind = services.jobs.registry.get("pgfirst.prune_jobs")
+            assert kind is not None
+            deleted: Any = await kind.handler()
+        else:  # one row per statement: the loop goes on until a batch comes back short
+            deleted = await prune_jobs(db, 10 * 3600, batch=batch)
+        assert deleted == len(old)
+        assert await _job_ids(db) == kept
+
+
+async def test_run_worker_runs_the_jobs_of_the_open_services(job_settings: Settings) -> None:
+    async with job_services(job_settings) as services:
+        await enqueue("test.record", {"value": "through run_worker"})
+        await run_worker(burst=True)
+        assert await runs(services.db, "record") == ["through run_worker"]
+
+
+async def test_run_worker_outside_open_services_says_to_open_them() -> None:
+    with pytest.raises(ServicesNotOpen, match="open_services"):
+        await run_worker(burst=True)
