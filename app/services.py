@@ -43,9 +43,7 @@ from app.current import Current
 from app.db import Database
 from app.jobs import JobKind, JobRegistry, Jobs, current_jobs, jobs_in
 from app.jobs.housekeeping import queue_jobs
-from app.notifier import Notifier
-from app.notifier.postgres import PostgresNotifier
-from app.notifier.redis import RedisNotifier
+from app.notifier import Notifier, create_postgres_notifier, create_redis_notifier
 from app.observability.metrics import PoolCollector, register_collector
 from app.pubsub import Broker, create_broker, current_broker
 from app.pubsub.jobs import pubsub_jobs
@@ -121,18 +119,18 @@ async def open_services(
             )
 
         direct = db.connect_direct if db.direct_url is not None else None
-        notifier = PostgresNotifier(direct)
+        notifier = create_postgres_notifier(direct)
         await notifier.start()
         stack.push_async_callback(notifier.stop)
 
         redis: Redis | None = None
-        redis_notifier: RedisNotifier | None = None
+        redis_notifier: Notifier | None = None
         if settings.redis_url and _uses_redis(settings):
             redis = Redis.from_url(
                 settings.redis_url, socket_timeout=5.0, socket_connect_timeout=5.0
             )
             stack.push_async_callback(redis.aclose)
-            redis_notifier = RedisNotifier(settings.redis_url)
+            redis_notifier = create_redis_notifier(settings.redis_url)
             await redis_notifier.start()
             stack.push_async_callback(redis_notifier.stop)
 
