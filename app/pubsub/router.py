@@ -42,7 +42,9 @@ def user_channel(user_id: int) -> str:
 @router.post("/api/events/ticket")
 async def create_stream_ticket(session: CurrentSession, auth: AuthDep) -> Ticket:
     user, claims = session
-    ticket = issue_access_token(auth.secret, user.id, claims.family_id, TICKET_SECONDS, "stream")
+    ticket = issue_access_token(
+        auth.secret, user.id, claims.family_id, TICKET_SECONDS, "stream", now=auth.clock()
+    )
     return Ticket(ticket=ticket, expires_in=TICKET_SECONDS)
 
 
