@@ -51,9 +51,6 @@ class Cache:
         self._calls = BackendCalls(settings.cache_timeout_seconds, clock)
         self._call = self._calls.run
         self._accounting = ReadAccounting(clock)
-        # Bound once: these run on every read.
-        self._count_read = self._accounting.count_read
-        self._tally = self._accounting.tally
         self._background: set[asyncio.Task[Any]] = set()
         self._stampede = StampedeGuard(settings, self._calls, self.set, self._spawn, clock)
         self.skipped_large = 0
@@ -120,39 +117,41 @@ class Cache:
 
     async def get(self, key: str, default: Any = None) -> Any:
         """The value at ``key``, or ``default`` on a miss (or when the backend fails)."""
-        now = self._count_read(key)
+        accounting = self._accounting
+        now = accounting.count_read(key)
         l1 = self._l1
         if l1.serving:
             value = l1.entries.get(key, now)
             if value is not MISSING:
-                self._tally(key, "l1_hit")
+                accounting.tally(key, "l1_hit")
                 return value
         found = await self._fetch(key, with_ttl=False)
         if found is MISSING:
-            self._tally(key, "miss")
+            accounting.tally(key, "miss")
             return default
-        self._tally(key, "hit")
+        accounting.tally(key, "hit")
         return found[0]
 
     async def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
         """The keys that are present, with their values (one backend round trip)."""
+        accounting = self._accounting
         found: dict[str, Any] = {}
         wanted: list[str] = []
         for key in keys:
-            value = self._l1.lookup(key, self._count_read(key))
+            value = self._l1.lookup(key, accounting.count_read(key))
             if value is MISSING:
                 wanted.append(key)
             else:
-                self._tally(key, "l1_hit")
+                accounting.tally(key, "l1_hit")
                 found[key] = value
         if wanted:
             raw = await self._call("get", lambda backend: backend.get_many(wanted), {})
             for key in wanted:
                 if key in raw:
-                    self._tally(key, "hit")
+                    accounting.tally(key, "hit")
                     found[key] = orjson.loads(raw[key])
                 else:
-                    self._tally(key, "miss")
+                    accounting.tally(key, "miss")
         return found
 
     async def _fetch(self, key: str, *, with_ttl: bool = True) -> Any:
@@ -271,20 +270,21 @@ class Cache:
         at a time across all processes (stampede.py)."""
         check_key(key)
         ttl = self._ttl(ttl)
-        now = self._count_read(key)
+        accounting = self._accounting
+        now = accounting.count_read(key)
         l1 = self._l1
         if l1.serving:
             value = l1.entries.get(key, now)
             if value is not MISSING:
-                self._tally(key, "l1_hit")
+                accounting.tally(key, "l1_hit")
                 return value  # type: ignore[no-any-return]
         found = await self._fetch(key)
         if found is not MISSING:
-            self._tally(key, "hit")
+            accounting.tally(key, "hit")
             value, remaining = found
             self._stampede.refresh_early(key, loader, ttl, remaining)
             return value  # type: ignore[no-any-return]
-        self._tally(key, "miss")
+        accounting.tally(key, "miss")
         return await self._stampede.load(key, loader, ttl)
 
     # --- housekeeping (run by the pgfirst.purge_cache job) ------------------------------
