@@ -16,9 +16,10 @@ one event loop (uvloop unless ``--loop asyncio``), each queue in turn, repeats a
   enqueue call (its commit waits for the disk) to the handler starting, p50 and p99.
 
 pgqueuer and procrastinate are installed only in the `bench` dependency group; each
-applies its own schema to the same database. Without them (a plain ``.venv``) the script
-measures pgfirst alone: ``.venv/bin/python -m scripts.bench_jobs --only pgfirst``. Medians of the repeats; ratios are
-pgfirst's figure over the other's (for latencies, below 1 is better for pgfirst).
+applies its own schema to the same database; without them (a plain ``.venv``) the script
+measures pgfirst alone: ``.venv/bin/python -m scripts.bench_jobs --only pgfirst``. Medians
+of the repeats; ratios are pgfirst's figure over the other's (for latencies, below 1 is
+better for pgfirst).
 """
 
 from __future__ import annotations
