@@ -149,16 +149,17 @@ class DataVersions:
         self._generation += 1
         self._copy.pop(user_id, None)
 
+    def _forget_all(self) -> None:
+        self._generation += 1
+        self._copy.clear()
+
     def _on_message(self, topic: str, payload: str) -> None:
-        try:
-            user_id = int(payload)
-        except ValueError:
-            self._on_state(self._notifier.connected)  # not ours to parse: forget everything
-            return
-        self._drop(user_id)
+        if payload.isdigit():
+            self._drop(int(payload))
+        else:  # not a user id: forget every user rather than guess
+            self._forget_all()
 
     def _on_state(self, connected: bool) -> None:
         # Whatever was sent while the connection was down is lost: start from nothing.
-        self._generation += 1
-        self._copy.clear()
+        self._forget_all()
         self._trusted = connected and self._listening
