@@ -1,4 +1,5 @@
-"""The package layers of ../shared/DESIGN.md hold: imports only point down, no package cycle.
+"""The package layers of docs/foundation.md hold: imports only point down, no package cycle,
+no module past 400 lines.
 
 core ← infrastructure ← auth ← domain ← services ← web ← entry points. Every import in
 app/ counts, including imports inside functions and under TYPE_CHECKING: a lower layer that
@@ -114,3 +115,17 @@ def test_no_package_imports_form_a_cycle() -> None:
 )
 def test_modules_are_placed_in_their_layer(module: str, expected: str) -> None:
     assert layer(module) == expected
+
+
+MAX_MODULE_LINES = 400
+
+
+def test_no_module_outgrows_one_reading() -> None:
+    # A module past ~400 lines holds more than one idea: split it along the seams the
+    # cache and the worker were split on, rather than raising the limit.
+    too_long = {
+        module_name(path): lines
+        for path in APP.rglob("*.py")
+        if (lines := len(path.read_text().splitlines())) > MAX_MODULE_LINES
+    }
+    assert too_long == {}

@@ -87,7 +87,10 @@ class PostgresNotifier:
                     assert self._conn is not None
                     # Lost meanwhile: the reconnect LISTENs to every registered topic.
                     with contextlib.suppress(
-                        OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError
+                        OSError,
+                        asyncpg.PostgresConnectionError,
+                        asyncpg.InterfaceError,
+                        asyncpg.InternalClientError,
                     ):
                         await self._conn.add_listener(topic, self._on_notification)
 
@@ -98,7 +101,10 @@ class PostgresNotifier:
                         assert self._conn is not None
                         # A connection going away has nothing left to unlisten.
                         with contextlib.suppress(
-                            OSError, asyncpg.PostgresError, asyncpg.InterfaceError
+                            OSError,
+                            asyncpg.PostgresError,
+                            asyncpg.InterfaceError,
+                            asyncpg.InternalClientError,
                         ):
                             await self._conn.remove_listener(topic, self._on_notification)
 
