@@ -11,16 +11,19 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-from app.config import PROJECT_ROOT, Settings
+from app.config import GROUPS, PROJECT_ROOT, Settings
 
 TARGET = PROJECT_ROOT / "docs" / "settings.md"
 
 HEADER = """# Settings reference
 
-Every environment variable pgfirst reads, generated from `app/config.py` by
-`scripts/gen_settings_doc.py` (a test fails when this file is stale). Names are
-case-insensitive; defaults are safe for development. Flags are read once at startup.
+Every environment variable pgfirst reads, generated from the settings groups in
+`app/config/` by `scripts/gen_settings_doc.py` (a test fails when this file is stale).
+Names are case-insensitive; defaults are safe for development. Flags are read once at
+startup.
+"""
 
+TABLE_HEAD = """
 | variable | default | description |
 |---|---|---|
 """
@@ -47,11 +50,16 @@ def _default(name: str) -> str:
 
 
 def render() -> str:
-    rows = []
-    for name, field in Settings.model_fields.items():
-        description = (field.description or "").replace("|", "\\|")
-        rows.append(f"| `{name.upper()}` | {_default(name)} | {description} |")
-    return HEADER + "\n".join(rows) + "\n"
+    parts = [HEADER]
+    for group in GROUPS:
+        title, _, detail = (group.__doc__ or group.__name__).partition(": ")
+        rows = []
+        for name in group.__annotations__:
+            description = (Settings.model_fields[name].description or "").replace("|", "\\|")
+            rows.append(f"| `{name.upper()}` | {_default(name)} | {description} |")
+        detail = detail[:1].upper() + detail[1:]
+        parts.append(f"\n## {title}\n\n{detail}\n{TABLE_HEAD}" + "\n".join(rows) + "\n")
+    return "".join(parts)
 
 
 def main() -> int:
