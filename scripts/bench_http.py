@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import re
 import shutil
@@ -109,6 +110,7 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=15)
     parser.add_argument("--repeats", type=int, default=3)
     options = parser.parse_args()
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per seeded task otherwise
     ensure_wrk()
 
     with postgres() as dsn:
