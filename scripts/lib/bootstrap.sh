@@ -41,3 +41,23 @@ sync_env() {
     "${UV[@]}" sync --frozen --quiet
     export PATH="$ROOT/.venv/bin:$PATH"
 }
+
+# ensure_system_packages COMMAND:PACKAGE...: apt-get install the packages whose command is
+# not on PATH (or in /usr/sbin), in one call, when running as root on Debian.
+ensure_system_packages() {
+    local missing=() pair
+    for pair in "$@"; do
+        if ! command -v "${pair%%:*}" >/dev/null 2>&1 && [[ ! -x "/usr/sbin/${pair%%:*}" ]]; then
+            missing+=("${pair#*:}")
+        fi
+    done
+    [[ ${#missing[@]} -eq 0 ]] && return 0
+    if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+        echo "==> installing ${missing[*]} (apt-get)" >&2
+        apt-get update -qq >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+            "${missing[@]}" >/dev/null
+    else
+        echo "!! not installed: ${missing[*]} (the tests that need them will fail)" >&2
+    fi
+}
