@@ -14,7 +14,7 @@ fan-out's id memory turns the overlap into no duplicates.
 
 Limits: identifiers are assigned at INSERT, not at COMMIT, so a replay by id can miss an
 event whose transaction committed long after later ids (a replay looks back
-``REPLAY_LOOKBACK_IDS`` ids to cover ordinary overlap). NOTIFY takes a cluster-wide lock
+``delivery.REPLAY_LOOKBACK_IDS`` ids to cover ordinary overlap). NOTIFY takes a cluster-wide lock
 at commit, so very write-heavy publishers serialise there: that is the signal to set
 PUBSUB_BACKEND=redis.
 """
@@ -29,15 +29,15 @@ import asyncpg
 import orjson
 
 from app.db import Connection, Database
-from app.notifier import Notifier, Unlisten
+from app.notifier import Notifier
 from app.pubsub import in_caller_transaction
-from app.pubsub.fanout import Event, Fanout, Subscription
+from app.pubsub.delivery import NotifiedBroker
+from app.pubsub.fanout import Event
 
 log = logging.getLogger(__name__)
 
 NOTIFY_PREFIX = "pgfirst."
 INLINE_PAYLOAD_BYTES = 7_000  # NOTIFY refuses 8,000 bytes and more; keep a margin
-REPLAY_LOOKBACK_IDS = 1_000
 
 # Store the event and notify in one round trip; the CASE keeps NOTIFY under its size limit.
 PUBLISH_EVENT = """
@@ -67,7 +67,10 @@ WHERE id = ANY(ARRAY(
 """
 
 
-class PostgresBroker:
+class PostgresBroker(NotifiedBroker):
+    topic_prefix = NOTIFY_PREFIX
+    replay_errors = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
     def __init__(
         self,
         db: Database,
@@ -76,21 +79,11 @@ class PostgresBroker:
         queue_size: int = 1_000,
         replay_limit: int = 1_000,
     ) -> None:
+        super().__init__(notifier, queue_size=queue_size, replay_limit=replay_limit)
         self.db = db
-        self.notifier = notifier
-        self.fanout = Fanout(queue_size=queue_size)
-        self.replay_limit = replay_limit
-        self._unlisten: dict[str, Unlisten] = {}
-        self._forget_state: Any = None
-        self._missed = False  # the notifier was lost since the last replay
-        # Notifications are handled in arrival (= commit) order by one task; a replay
-        # holds the lock so that older replayed events go out before newer live ones.
+        # Notifications are handled in arrival (= commit) order by one task.
         self._inbox: asyncio.Queue[tuple[int, str, str]] = asyncio.Queue()
-        self._dispatching = asyncio.Lock()
         self._dispatcher: asyncio.Task[None] | None = None
-        self._background: set[asyncio.Task[None]] = set()
-
-    # --- lifecycle -----------------------------------------------------------------------
 
     async def start(self) -> None:
         try:
@@ -99,26 +92,11 @@ class PostgresBroker:
         except asyncpg.UndefinedTableError:
             # Schema behind the code: serve anyway; /readyz reports the migrations.
             log.warning("pubsub: events table missing; run `app migrate`")
-        self._forget_state = self.notifier.on_state(self._on_notifier_state)
+        self._watch_notifier()
         self._dispatcher = asyncio.create_task(self._dispatch_inbox(), name="pubsub-dispatch")
 
     async def stop(self) -> None:
-        if self._forget_state is not None:
-            self._forget_state()
-        tasks = [self._dispatcher, *self._background]
-        for task in tasks:
-            if task is not None:
-                task.cancel()
-        await asyncio.gather(*(t for t in tasks if t is not None), return_exceptions=True)
-        self.fanout.close_all()
-        for unlisten in self._unlisten.values():
-            await unlisten()
-        self._unlisten.clear()
-
-    def health(self) -> tuple[str, bool]:
-        return self.notifier.health()
-
-    # --- publish / subscribe -------------------------------------------------------------
+        await self._stop_delivery(self._dispatcher)
 
     async def publish(
         self, channel: str, payload: dict[str, Any], *, conn: Connection | None = None
@@ -134,56 +112,10 @@ class PostgresBroker:
         assert row is not None
         return int(row["id"])
 
-    async def subscribe(self, channels: list[str], *, since: int | None = None) -> Subscription:
-        subscription, new_channels = self.fanout.add(channels)
-        try:
-            for channel in new_channels:
-                self._unlisten[channel] = await self.notifier.listen(
-                    NOTIFY_PREFIX + channel, self._on_notification
-                )
-            if since is not None:
-                subscription.preload(await self._events_since(channels, since))
-        except BaseException:
-            await self.unsubscribe(subscription)
-            raise
-        return subscription
-
-    async def unsubscribe(self, subscription: Subscription) -> None:
-        await self._unlisten_channels(self.fanout.remove(subscription))
-
     async def prune(self, older_than_seconds: float, batch: int = 10_000) -> int:
         return await prune_events(self.db, older_than_seconds, batch)
 
-    # --- delivery ------------------------------------------------------------------------
-
-    def _on_notifier_state(self, connected: bool) -> None:
-        if not connected:
-            self._missed = True
-            return
-        if self._missed:
-            self._missed = False
-            self._spawn(self._replay_gap())
-
-    async def _replay_gap(self) -> None:
-        channels = self.fanout.channels()
-        if not channels:
-            return
-        since = max(0, self.fanout.last_id - REPLAY_LOOKBACK_IDS)
-        try:
-            async with self._dispatching:
-                for event in await self._events_since(channels, since, limit=None):
-                    self._dispatch(event)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            log.warning("pubsub: replay after reconnect failed: %s", exc)
-            self._missed = True  # try again at the next reconnect
-
-    async def _unlisten_channels(self, channels: list[str]) -> None:
-        for channel in channels:
-            unlisten = self._unlisten.pop(channel, None)
-            if unlisten is not None:
-                await unlisten()
-
-    def _on_notification(self, topic: str, message: str) -> None:
+    def _on_message(self, topic: str, message: str) -> None:
         event_id_text, _, body = message.partition(" ")
         if event_id_text.isdigit():
             self._inbox.put_nowait((int(event_id_text), topic.removeprefix(NOTIFY_PREFIX), body))
@@ -202,29 +134,18 @@ class PostgresBroker:
                 try:
                     async with self.db.acquire() as conn:
                         payload = await conn.fetchval(SELECT_PAYLOAD, event_id)
-                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                except self.replay_errors as exc:
                     log.warning("pubsub could not read event %s: %s", event_id, exc)
                     continue
                 if payload is not None:
                     self._dispatch(Event(event_id, channel, payload))
 
     async def _events_since(
-        self, channels: list[str], since: int, *, limit: int | None = 0
+        self, channels: list[str], since: int, limit: int | None
     ) -> list[Event]:
-        cap = self.replay_limit if limit == 0 else (limit or 1_000_000)
         async with self.db.acquire() as conn:
-            rows = await conn.fetch(SELECT_SINCE, channels, since, cap)
+            rows = await conn.fetch(SELECT_SINCE, channels, since, limit or 1_000_000)
         return [Event(row["id"], row["channel"], row["payload"]) for row in rows]
-
-    def _dispatch(self, event: Event) -> None:
-        emptied = self.fanout.dispatch(event)
-        if emptied:
-            self._spawn(self._unlisten_channels(emptied))
-
-    def _spawn(self, work: Any) -> None:
-        task = asyncio.get_running_loop().create_task(work)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
 
 
 async def prune_events(db: Database, older_than_seconds: float, batch: int = 10_000) -> int:

@@ -14,7 +14,6 @@ with the cache); when it reports a reconnect, the broker replays the gap from th
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any
 
@@ -23,9 +22,10 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from app.db import Connection, Database
-from app.notifier import Notifier, Unlisten
+from app.notifier import Notifier
 from app.pubsub import in_caller_transaction
-from app.pubsub.fanout import Event, Fanout, Subscription
+from app.pubsub.delivery import NotifiedBroker
+from app.pubsub.fanout import Event
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +33,6 @@ KEY_PREFIX = "pgfirst:events:"
 SEQUENCE_KEY = "pgfirst:events-seq"
 CHANNEL_PREFIX = "pgfirst."
 STREAM_MAX_LEN = 10_000
-# A replay after a reconnect looks this many ids back, as the Postgres broker does.
-REPLAY_LOOKBACK_IDS = 1_000
 
 PUBLISH_SCRIPT = """
 local id = redis.call('INCR', KEYS[1])
@@ -45,7 +43,10 @@ return id
 """
 
 
-class RedisBroker:
+class RedisBroker(NotifiedBroker):
+    topic_prefix = CHANNEL_PREFIX
+    replay_errors = (RedisError, OSError)
+
     def __init__(
         self,
         db: Database,
@@ -57,35 +58,18 @@ class RedisBroker:
         retention_seconds: int = 86_400,
         stream_max_len: int = STREAM_MAX_LEN,
     ) -> None:
+        super().__init__(notifier, queue_size=queue_size, replay_limit=replay_limit)
         self.db = db
         self.redis = redis
-        self.notifier = notifier
-        self.fanout = Fanout(queue_size=queue_size)
-        self.replay_limit = replay_limit
         self.retention_seconds = retention_seconds
         self.stream_max_len = stream_max_len
         self._publish = redis.register_script(PUBLISH_SCRIPT)
-        self._unlisten: dict[str, Unlisten] = {}
-        self._forget_state: Any = None
-        self._missed = False
-        self._background: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
-        self._forget_state = self.notifier.on_state(self._on_notifier_state)
+        self._watch_notifier()
 
     async def stop(self) -> None:
-        if self._forget_state is not None:
-            self._forget_state()
-        for task in list(self._background):
-            task.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
-        self.fanout.close_all()
-        for unlisten in self._unlisten.values():
-            await unlisten()
-        self._unlisten.clear()
-
-    def health(self) -> tuple[str, bool]:
-        return self.notifier.health()
+        await self._stop_delivery()
 
     async def publish(
         self, channel: str, payload: dict[str, Any], *, conn: Connection | None = None
@@ -101,23 +85,6 @@ class RedisBroker:
         args: list[str | int] = [body, self.stream_max_len, self.retention_seconds]
         return int(await self._publish(keys=keys, args=args))
 
-    async def subscribe(self, channels: list[str], *, since: int | None = None) -> Subscription:
-        subscription, new_channels = self.fanout.add(channels)
-        try:
-            for channel in new_channels:
-                self._unlisten[channel] = await self.notifier.listen(
-                    CHANNEL_PREFIX + channel, self._on_message
-                )
-            if since is not None:
-                subscription.preload(await self._events_since(channels, since, self.replay_limit))
-        except BaseException:
-            await self.unsubscribe(subscription)
-            raise
-        return subscription
-
-    async def unsubscribe(self, subscription: Subscription) -> None:
-        await self._unlisten_channels(self.fanout.remove(subscription))
-
     async def prune(self, older_than_seconds: float, batch: int = 10_000) -> int:
         """Nothing to delete: every publish trims its stream (MAXLEN ~) and renews its
         EXPIRE, so a stream idle for the retention disappears on its own."""
@@ -127,25 +94,6 @@ class RedisBroker:
         event_id_text, _, body = message.partition(" ")
         channel = topic.removeprefix(CHANNEL_PREFIX)
         self._dispatch(Event(int(event_id_text), channel, orjson.loads(body)))
-
-    def _on_notifier_state(self, connected: bool) -> None:
-        if not connected:
-            self._missed = True
-        elif self._missed:
-            self._missed = False
-            self._spawn(self._replay_gap())
-
-    async def _replay_gap(self) -> None:
-        channels = self.fanout.channels()
-        if not channels:
-            return
-        since = max(0, self.fanout.last_id - REPLAY_LOOKBACK_IDS)
-        try:
-            for event in await self._events_since(channels, since, None):
-                self._dispatch(event)
-        except (RedisError, OSError) as exc:
-            log.warning("pubsub: replay after reconnect failed: %s", exc)
-            self._missed = True
 
     async def _events_since(
         self, channels: list[str], since: int, limit: int | None
@@ -160,19 +108,3 @@ class RedisBroker:
                 events.append(Event(event_id, channel, orjson.loads(fields[b"p"])))
         events.sort(key=lambda event: event.id)
         return events[:limit] if limit else events
-
-    def _dispatch(self, event: Event) -> None:
-        emptied = self.fanout.dispatch(event)
-        if emptied:
-            self._spawn(self._unlisten_channels(emptied))
-
-    async def _unlisten_channels(self, channels: list[str]) -> None:
-        for channel in channels:
-            unlisten = self._unlisten.pop(channel, None)
-            if unlisten is not None:
-                await unlisten()
-
-    def _spawn(self, work: Any) -> None:
-        task = asyncio.get_running_loop().create_task(work)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
