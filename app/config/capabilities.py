@@ -136,6 +136,11 @@ class PubSubSettings(BaseModel):
     pubsub_heartbeat_seconds: float = Field(
         15.0, gt=0, description="Idle interval after which SSE/WebSocket streams send a ping."
     )
+    pubsub_synchronous_commit: bool = Field(
+        False,
+        description="Standalone Postgres publishes wait for the WAL flush (false: a server "
+        "crash may lose the last fraction of a second of them; docs/pubsub.md).",
+    )
 
 
 class ActivitySettings(BaseModel):

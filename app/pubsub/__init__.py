@@ -97,7 +97,9 @@ def create_broker(
         )
     from app.pubsub.postgres import PostgresBroker
 
-    return PostgresBroker(db, notifier, **options)
+    return PostgresBroker(
+        db, notifier, synchronous_commit=settings.pubsub_synchronous_commit, **options
+    )
 
 
 current_broker: Current[Broker] = Current("the pub/sub broker")

@@ -50,6 +50,33 @@ SELECT id, pg_notify(
 )
 FROM inserted
 """
+# Standalone publishes that arrive while a batch is in flight go out together in the next
+# one: one statement, one commit (NOTIFY's cluster-wide commit lock is taken once per
+# transaction, not per notification). Ids come from the identity in insertion order, so
+# the n-th smallest id belongs to the n-th input row; the notifications are sent in id
+# order (a volatile function in the target list runs after ORDER BY), which is the order
+# listeners receive them in. set_config(..., true) lasts until this statement's own commit.
+PUBLISH_BATCH = """
+WITH inserted AS (
+    INSERT INTO events (channel, payload)
+    SELECT e.channel, e.body::jsonb
+    FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS e(channel, body, n)
+    ORDER BY e.n
+    RETURNING id
+), numbered AS (
+    SELECT id, row_number() OVER (ORDER BY id) AS n FROM inserted
+)
+SELECT numbered.id, pg_notify(
+    $3 || e.channel,
+    CASE WHEN octet_length(e.body) <= $4 THEN numbered.id || ' ' || e.body
+         ELSE numbered.id::text END
+)
+FROM numbered
+JOIN unnest($1::text[], $2::text[]) WITH ORDINALITY AS e(channel, body, n) USING (n)
+CROSS JOIN (SELECT set_config('synchronous_commit', $5, true)) AS durability
+ORDER BY numbered.id
+"""
+PUBLISH_BATCH_MAX = 500
 SELECT_PAYLOAD = "SELECT payload FROM events WHERE id = $1"
 SELECT_SINCE = """
 SELECT id, channel, payload
@@ -78,9 +105,13 @@ class PostgresBroker(NotifiedBroker):
         *,
         queue_size: int = 1_000,
         replay_limit: int = 1_000,
+        synchronous_commit: bool = False,
     ) -> None:
         super().__init__(notifier, queue_size=queue_size, replay_limit=replay_limit)
         self.db = db
+        self.synchronous_commit = "on" if synchronous_commit else "off"
+        self._unsent: list[tuple[str, str, asyncio.Future[int]]] = []
+        self._sender: asyncio.Task[None] | None = None
         # Notifications are handled in arrival (= commit) order by one task.
         self._inbox: asyncio.Queue[tuple[int, str, str]] = asyncio.Queue()
         self._dispatcher: asyncio.Task[None] | None = None
@@ -96,21 +127,70 @@ class PostgresBroker(NotifiedBroker):
         self._dispatcher = asyncio.create_task(self._dispatch_inbox(), name="pubsub-dispatch")
 
     async def stop(self) -> None:
+        if self._sender is not None:
+            await asyncio.gather(self._sender, return_exceptions=True)  # publishes in flight
         await self._stop_delivery(self._dispatcher)
 
     async def publish(
         self, channel: str, payload: dict[str, Any], *, conn: Connection | None = None
     ) -> int:
         body = orjson.dumps(payload).decode()
-        args = (channel, body, NOTIFY_PREFIX + channel, INLINE_PAYLOAD_BYTES)
         if conn is not None and in_caller_transaction(self.db, conn):
             # In the caller's transaction: the row and the NOTIFY commit with it.
+            args = (channel, body, NOTIFY_PREFIX + channel, INLINE_PAYLOAD_BYTES)
             row = await conn.fetchrow(PUBLISH_EVENT, *args)
-        else:
-            async with self.db.acquire() as own:
-                row = await own.fetchrow(PUBLISH_EVENT, *args)
-        assert row is not None
-        return int(row["id"])
+            assert row is not None
+            return int(row["id"])
+        sent: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._unsent.append((channel, body, sent))
+        if self._sender is None:
+            self._sender = asyncio.create_task(self._send_batches(), name="pubsub-publish")
+        return await sent
+
+    async def _send_batches(self) -> None:
+        """Publish what is waiting, a batch per statement, until nothing is."""
+        try:
+            while self._unsent:
+                batch = self._unsent[:PUBLISH_BATCH_MAX]
+                del self._unsent[:PUBLISH_BATCH_MAX]
+                try:
+                    ids = await self._insert_batch(batch)
+                except Exception as exc:
+                    if len(batch) == 1:
+                        _settle(batch[0][2], error=exc)
+                        continue
+                    # One bad event (a channel the table refuses, a NUL in a string) must
+                    # not fail the others: publish them one by one.
+                    for event in batch:
+                        try:
+                            [event_id] = await self._insert_batch([event])
+                        except Exception as single:
+                            _settle(event[2], error=single)
+                        else:
+                            _settle(event[2], event_id)
+                    continue
+                for event_id, (_, _, sent) in zip(ids, batch, strict=True):
+                    _settle(sent, event_id)
+        except BaseException:
+            # Cancelled (the broker is stopping): nobody may wait forever.
+            for _, _, sent in self._unsent:
+                sent.cancel()
+            self._unsent.clear()
+            raise
+        finally:
+            self._sender = None
+
+    async def _insert_batch(self, batch: list[tuple[str, str, asyncio.Future[int]]]) -> list[int]:
+        async with self.db.acquire() as conn:
+            rows = await conn.fetch(
+                PUBLISH_BATCH,
+                [channel for channel, _, _ in batch],
+                [body for _, body, _ in batch],
+                NOTIFY_PREFIX,
+                INLINE_PAYLOAD_BYTES,
+                self.synchronous_commit,
+            )
+        return [int(row["id"]) for row in rows]
 
     async def prune(self, older_than_seconds: float, batch: int = 10_000) -> int:
         return await prune_events(self.db, older_than_seconds, batch)
@@ -146,6 +226,17 @@ class PostgresBroker(NotifiedBroker):
         async with self.db.acquire() as conn:
             rows = await conn.fetch(SELECT_SINCE, channels, since, limit or 1_000_000)
         return [Event(row["id"], row["channel"], row["payload"]) for row in rows]
+
+
+def _settle(
+    sent: asyncio.Future[int], event_id: int = 0, *, error: Exception | None = None
+) -> None:
+    if sent.done():  # the publisher was cancelled and no longer waits
+        return
+    if error is not None:
+        sent.set_exception(error)
+    else:
+        sent.set_result(event_id)
 
 
 async def prune_events(db: Database, older_than_seconds: float, batch: int = 10_000) -> int:
