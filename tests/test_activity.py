@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from app.activity import record, record_many
-from app.activity.feed import read_feed
+from app.activity.feed import CLOCK_MARGIN, FIRST_PAGE, read_feed
 from app.activity.partitions import maintain, partition_name, period_start, shift
 from app.config import Settings
 from app.db import Database
@@ -165,6 +167,32 @@ async def test_feed_shows_only_the_users_own_activity(db: Database) -> None:
     async with db.acquire() as conn:
         page = await read_feed(conn, SECRET, 1, limit=10)
     assert [item.action for item in page.items] == ["mine"]
+
+
+async def test_the_first_page_shows_rows_stamped_ahead_of_the_app_clock(db: Database) -> None:
+    # A database clock a little ahead of the app's must not hide the newest rows.
+    now = datetime.now(UTC)
+    await run_maintenance(db, now=now)
+    async with db.acquire() as conn:
+        await record_many(conn, [(1, "ahead", None, None, {}, now + timedelta(minutes=30))])
+        page = await read_feed(conn, SECRET, 1, limit=10)
+    assert [item.action for item in page.items] == ["ahead"]
+
+
+async def test_the_first_page_reads_only_the_partitions_of_its_window(db: Database) -> None:
+    # Both ends of created_at are bound, so the planner leaves out the premade future
+    # partitions and DEFAULT: a newest page costs the index probes of its window only.
+    await run_maintenance(db, now=NOW - timedelta(days=31))  # the month before, too
+    await run_maintenance(db)
+    lower = NOW - timedelta(days=32)
+    async with db.acquire() as conn:
+        plan = await conn.fetchval(
+            f"EXPLAIN (FORMAT JSON) {FIRST_PAGE}", 1, lower, NOW + CLOCK_MARGIN, 21
+        )
+    text = plan if isinstance(plan, str) else json.dumps(plan)
+    scanned = set(re.findall(r'"Relation Name": "(activity_logs_\w+)"', text))
+    months = {period_start(NOW, "month"), period_start(lower, "month")}
+    assert scanned == {partition_name(month) for month in months}
 
 
 async def test_a_forged_cursor_is_refused(db: Database) -> None:
