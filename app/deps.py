@@ -5,8 +5,10 @@
 
 Everything comes from ``app.state.services`` (set by the lifespan of ``create_app``), so a
 route never reaches a resource any other way. ``DbConn`` holds one pooled primary
-connection for the request; ``ReadConn`` one from a replica when DATABASE_REPLICA_URLS is
-set (lag-tolerant reads only).
+connection for the request; ``ReadConn`` one from a healthy replica when
+DATABASE_REPLICA_URLS is set (lag-tolerant reads only) — unless the client's last write has
+not been replayed there yet or the request writes (POST/PUT/PATCH/DELETE): the primary
+then (docs/replicas.md).
 
 Authentication: ``Authorization: Bearer <access token>``; the signature and expiry are
 checked in memory, then the user and whether the session still stands (no logout,

@@ -17,6 +17,7 @@ from fastapi import FastAPI
 from app.activity.router import router as activity_router
 from app.auth.router import router as auth_router
 from app.config import Settings, load_settings
+from app.db.read_your_writes import ReadYourWritesMiddleware
 from app.jobs.router import router as jobs_router
 from app.jobs.worker import Worker
 from app.observability.errors import install_error_handlers
@@ -57,6 +58,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    if settings.database_replica_urls:
+        app.add_middleware(ReadYourWritesMiddleware)  # inside RequestMiddleware
     app.add_middleware(RequestMiddleware, max_body_bytes=settings.max_request_body_bytes)
     for router in (
         health_router,

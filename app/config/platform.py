@@ -61,7 +61,20 @@ class DatabaseSettings(BaseModel):
     )
     database_replica_urls: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
-        description="Comma-separated read-replica DSNs; reads are routed there when set.",
+        description="Comma-separated read-replica DSNs. Lag-tolerant reads go to a healthy "
+        "one, round robin; a client's reads after its write wait for the replica to replay "
+        "it, else take the primary (docs/replicas.md).",
+    )
+    database_replica_check_interval: float = Field(
+        1.0, gt=0, description="Seconds between health and lag checks of each replica."
+    )
+    database_replica_max_lag_seconds: float = Field(
+        30.0, gt=0, description="A replica further behind than this takes no reads."
+    )
+    database_replica_max_lag_bytes: int = Field(
+        64 * 1024 * 1024,
+        gt=0,
+        description="A replica with more WAL than this left to replay takes no reads.",
     )
     db_pool_mode: PoolMode = Field(
         "direct",

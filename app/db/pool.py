@@ -4,10 +4,12 @@
 replica. Code asks for what it needs and never which server it gets:
 
     async with db.acquire() as conn:            # primary
-    async with db.acquire(read=True) as conn:   # a replica if any, else the primary
+    async with db.acquire(read=True) as conn:   # a fit replica if any, else the primary
     async with db.transaction() as conn:        # primary, BEGIN ... COMMIT/ROLLBACK
 
 Only reads that tolerate replication lag (feeds, search, stats) may use ``read=True``.
+Inside an HTTP request it honours read-your-writes: see ``app.db.replicas`` (which
+replica, health and lag) and ``app.db.routing`` (what the request and the client wrote).
 
 Every connection gets codecs for json/jsonb (orjson) and, once the extension exists, for
 pgvector's ``vector``. With ``DB_POOL_MODE=pgbouncer`` asyncpg's statement cache is off,
@@ -21,7 +23,6 @@ timeouts.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -35,6 +36,8 @@ from asyncpg.pool import PoolConnectionProxy
 from pgvector.asyncpg import register_vector
 
 from app.config import Settings
+from app.db import routing
+from app.db.replicas import ReplicaSet
 from app.observability.metrics import DB_POOL_ACQUIRE_SECONDS
 
 log = logging.getLogger(__name__)
@@ -67,13 +70,12 @@ class Database:
         settings: Settings,
         dsn: str,
         primary: asyncpg.Pool,
-        replicas: list[asyncpg.Pool],
+        replicas: ReplicaSet | None = None,
     ) -> None:
         self.settings = settings
         self.dsn = dsn
         self.primary = primary
         self.replicas = replicas
-        self._replica_cycle = itertools.cycle(range(len(replicas))) if replicas else None
         self._after_commit: dict[int, list[AfterCommitHook]] = {}
 
     @classmethod
@@ -84,24 +86,38 @@ class Database:
 
             dsn = await asyncio.to_thread(resolve_database_url, settings)
         primary = await create_pool(settings, dsn)
-        replicas: list[asyncpg.Pool] = []
+        if not settings.database_replica_urls:
+            return cls(settings, dsn, primary)
+        # No connection is opened up front: a replica that is down at startup only keeps
+        # reads on the primary until it answers.
+        pools = [
+            (url, await create_pool(settings, url, min_size=0))
+            for url in settings.database_replica_urls
+        ]
+        replicas = ReplicaSet(settings, primary, pools)
         try:
-            for url in settings.database_replica_urls:
-                replicas.append(await create_pool(settings, url))
+            await replicas.start()
         except BaseException:
-            await asyncio.gather(primary.close(), *(pool.close() for pool in replicas))
+            await asyncio.gather(primary.close(), *(pool.close() for _, pool in pools))
             raise
         return cls(settings, dsn, primary, replicas)
 
     async def close(self) -> None:
-        await asyncio.gather(self.primary.close(), *(pool.close() for pool in self.replicas))
+        pools = [self.primary]
+        if self.replicas is not None:
+            await self.replicas.close()
+            pools += [replica.pool for replica in self.replicas.replicas]
+        await asyncio.gather(*(pool.close() for pool in pools))
 
     @asynccontextmanager
     async def acquire(self, *, read: bool = False) -> AsyncIterator[Connection]:
-        """A connection from the primary pool (or a replica's, for ``read=True``)."""
-        pool = self._read_pool() if read else self.primary
+        """A connection from the primary pool (or a fit replica's, for ``read=True``)."""
         started = perf_counter()
-        conn = await pool.acquire()
+        chosen = await self.replicas.acquire_read() if read and self.replicas else None
+        if chosen is None:
+            pool, conn = self.primary, await self.primary.acquire()
+        else:
+            pool, conn = chosen
         DB_POOL_ACQUIRE_SECONDS.observe(perf_counter() - started)
         try:
             yield conn
@@ -125,6 +141,8 @@ class Database:
                     yield conn
             finally:
                 del self._after_commit[id(conn)]
+        if not readonly:
+            routing.note_commit()
         for hook in hooks:
             try:
                 await hook()
@@ -172,9 +190,16 @@ class Database:
         await _init_connection(conn)
         return conn
 
+    async def wal_position(self) -> int:
+        """The primary's WAL insert position: every commit so far is at or before it."""
+        async with self.acquire() as conn:
+            position: int = await conn.fetchval("SELECT pg_current_wal_insert_lsn()")
+        return position
+
     def stats(self) -> list[PoolStats]:
         pools = [("primary", self.primary)] + [
-            (f"replica-{index}", pool) for index, pool in enumerate(self.replicas)
+            (replica.name, replica.pool)
+            for replica in (self.replicas.replicas if self.replicas else [])
         ]
         return [
             PoolStats(
@@ -187,17 +212,12 @@ class Database:
             for role, pool in pools
         ]
 
-    def _read_pool(self) -> asyncpg.Pool:
-        if self._replica_cycle is None:
-            return self.primary
-        return self.replicas[next(self._replica_cycle)]
 
-
-async def create_pool(settings: Settings, dsn: str) -> asyncpg.Pool:
+async def create_pool(settings: Settings, dsn: str, *, min_size: int | None = None) -> asyncpg.Pool:
     pgbouncer = settings.db_pool_mode == "pgbouncer"
     pool = await asyncpg.create_pool(
         dsn,
-        min_size=settings.db_pool_min,
+        min_size=settings.db_pool_min if min_size is None else min_size,
         max_size=settings.db_pool_max,
         command_timeout=settings.db_command_timeout,
         statement_cache_size=0 if pgbouncer else 1024,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from prometheus_client import REGISTRY, Counter, Histogram
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -28,6 +28,23 @@ DB_POOL_ACQUIRE_SECONDS = Histogram(
     "db_pool_acquire_seconds",
     "Time spent waiting for a pooled connection.",
     buckets=(0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0),
+)
+
+DB_READ_ROUTES = Counter(
+    "db_read_routes_total",
+    "Lag-tolerant reads (read=True) by the server that took them (replica, primary) and why.",
+    ["target", "reason"],
+)
+DB_REPLICA_HEALTHY = Gauge(
+    "db_replica_healthy", "1 while the replica takes reads, 0 while down or lagging.", ["replica"]
+)
+DB_REPLICA_LAG_BYTES = Gauge(
+    "db_replica_lag_bytes", "WAL the replica has not replayed yet, in bytes.", ["replica"]
+)
+DB_REPLICA_LAG_SECONDS = Gauge(
+    "db_replica_lag_seconds",
+    "Age of the last replayed transaction; 0 when everything received is replayed.",
+    ["replica"],
 )
 
 
