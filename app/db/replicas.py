@@ -57,6 +57,7 @@ SELECT pg_is_in_recovery() AS in_recovery,
        END::float8 AS lag_seconds
 """
 REPLAYED_POSITION = "SELECT pg_last_wal_replay_lsn()"
+UNCHECKED = "not checked yet"
 
 # What a failed replica connection or query raises: refused or reset sockets (OSError),
 # a server starting up or shutting down (PostgresError), a closed connection, a timeout.
@@ -76,7 +77,7 @@ class Replica:
     replay_lsn: int | None = None
     lag_bytes: int | None = None
     lag_seconds: float | None = None
-    problem: str | None = "not checked yet"
+    problem: str | None = UNCHECKED
 
 
 class ReplicaSet:
@@ -222,7 +223,9 @@ class ReplicaSet:
     def _set_health(self, replica: Replica, problem: str | None) -> None:
         healthy = problem is None
         if healthy != replica.healthy:
-            if healthy:
+            if healthy and replica.problem == UNCHECKED:
+                pass  # the first check: nothing came back
+            elif healthy:
                 log.info("replica %s takes reads again", replica.name)
             else:
                 log.warning("replica %s leaves the rotation: %s", replica.name, problem)

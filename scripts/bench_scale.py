@@ -1,0 +1,286 @@
+"""Scaling switches, measured: read replicas (and their read-your-writes routing).
+
+    .venv/bin/python -m scripts.bench_scale [--parts replicas,routing] [--duration 10]
+        [--repeats 3] [--iterations 1000] [--blocks 15]
+
+Starts a throwaway embedded PostgreSQL 18 (fsync on) and a streaming replica of it made
+with ``pg_basebackup -R`` (``app.db.embedded_replica``), both on this machine.
+
+- ``replicas``: two `app serve` processes (one uvicorn worker each, production settings),
+  one with DATABASE_URL only and one with DATABASE_REPLICA_URLS too, on the same servers
+  and data (one user, 4 projects, 40 tasks). `wrk -t2 -c32` alternates between them, per
+  repeat, on GET /api/tasks (the task list: served from the in-process cache by data
+  version, so it reads the primary's version and no replica at all), GET /api/activity (a
+  ``ReadConn`` route: one query per request, on the replica when there is one) and
+  GET /api/search?q=... (a ``ReadConn`` full-text query). A third run of the replica
+  server sends a ``pgfirst_lsn`` cookie with every request: the read-your-writes path as
+  a client that wrote a moment ago takes it (the position is replayed, so the reads stay
+  on the replica; the cost is the token's check and the comparison).
+- ``routing``: in one process, ``Database.acquire(read=True)`` + ``SELECT 1``, per call,
+  without replicas, on a replica without a position, with a position the last health check
+  already saw replayed, with a position that needs a ``pg_last_wal_replay_lsn()`` on the
+  replica, and the write side: the ``pg_current_wal_insert_lsn()`` a writing request adds,
+  and signing + checking a token.
+
+Prints medians of the repeats. On 2 cores the replica shares the CPU with the primary, the
+app and wrk, so a replica adds no capacity here; see docs/benchmarks.md for what changes
+when it has its own host.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import httpx
+
+from app.config import load_settings
+from app.db import Database, migrate, routing
+from app.db.embedded import EmbeddedPostgres
+from app.db.embedded_replica import EmbeddedReplica
+from scripts.bench_http import ensure_wrk, prepare, serve, wrk
+
+SECRET = "bench-secret-key-that-is-long-enough-000000"  # noqa: S105 - bench_http.serve's key
+DATABASE = "pgfirst"
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """A primary and one streaming replica on this machine, the app's database migrated."""
+
+    primary: EmbeddedPostgres
+    replica: EmbeddedReplica
+    primary_url: str
+    replica_url: str
+
+
+@contextmanager
+def cluster() -> Iterator[Cluster]:
+    base = Path(tempfile.mkdtemp(prefix="pgfirst-bench-scale-"))
+    primary = EmbeddedPostgres(base / "primary")
+    replica = EmbeddedReplica(base / "replica", primary=primary)
+    try:
+        admin = primary.ensure_running()
+        asyncio.run(_create_database(admin))
+        primary_url = admin.replace("/postgres?", f"/{DATABASE}?")
+        migrate.upgrade(primary_url)
+        replica_admin = replica.ensure_running()
+        yield Cluster(
+            primary, replica, primary_url, replica_admin.replace("/postgres?", f"/{DATABASE}?")
+        )
+    finally:
+        replica.destroy()
+        primary.destroy()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+async def _create_database(admin_dsn: str) -> None:
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        await conn.execute(f'CREATE DATABASE "{DATABASE}"')
+    finally:
+        await conn.close()
+
+
+async def _wal_position(dsn: str) -> int:
+    conn = await asyncpg.connect(dsn)
+    try:
+        position: int = await conn.fetchval("SELECT pg_current_wal_insert_lsn()")
+        return position
+    finally:
+        await conn.close()
+
+
+async def _caught_up(primary_url: str, replica_url: str) -> None:
+    target = await _wal_position(primary_url)
+    conn = await asyncpg.connect(replica_url)
+    try:
+        while (await conn.fetchval("SELECT pg_last_wal_replay_lsn()")) < target:  # noqa: ASYNC110 - polls another server
+            await asyncio.sleep(0.05)
+    finally:
+        await conn.close()
+
+
+def _stop(server: subprocess.Popen[bytes]) -> None:
+    server.terminate()
+    server.wait(timeout=30)
+
+
+# --- part: replicas ----------------------------------------------------------------------
+
+READ_ROUTES = {
+    "GET /api/tasks": "/api/tasks",
+    "GET /api/activity": "/api/activity",
+    "GET /api/search": "/api/search?q=details",
+}
+
+
+def replica_throughput(pair: Cluster, duration: int, repeats: int) -> None:
+    """req/s and latency of read routes with 0 and 1 replica, and with a position cookie."""
+    direct, direct_url = serve(pair.primary_url)
+    replicated, replicated_url = serve(pair.primary_url, DATABASE_REPLICA_URLS=pair.replica_url)
+    try:
+        token = prepare(direct_url)
+        prepare_ready(replicated_url)
+        asyncio.run(_caught_up(pair.primary_url, pair.replica_url))
+        auth = f'wrk.headers["Authorization"] = "Bearer {token}"\n'
+        results: dict[tuple[str, str], list[dict[str, object]]] = {}
+        for _ in range(repeats):
+            position = routing.sign_position(SECRET, asyncio.run(_wal_position(pair.primary_url)))
+            cookie = auth + f'wrk.headers["Cookie"] = "pgfirst_lsn={position}"\n'
+            for route, path in READ_ROUTES.items():
+                for setup, base, script in (
+                    ("0 replicas", direct_url, auth),
+                    ("1 replica", replicated_url, auth),
+                    ("1 replica + position", replicated_url, cookie),
+                ):
+                    run = wrk(f"{base}{path}", duration, script)
+                    results.setdefault((route, setup), []).append(run)
+    finally:
+        _stop(direct)
+        _stop(replicated)
+
+    print(f"\nreplicas: wrk -t2 -c32 -d{duration}s, one uvicorn worker, medians of {repeats}")
+    print(f"{'route':<20}{'setup':<24}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}  statuses (last)")
+    for (route, setup), runs in results.items():
+        rps, p50, p99 = (
+            statistics.median(float(str(r[k])) for r in runs) for k in ("rps", "p50", "p99")
+        )
+        print(f"{route:<20}{setup:<24}{rps:>9.0f}{p50:>9.1f}{p99:>9.1f}  {runs[-1]['statuses']}")
+
+
+def prepare_ready(base: str) -> None:
+    """Wait until a second server on the same data answers /readyz."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{base}/readyz", timeout=5).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise SystemExit(f"{base} did not become ready")
+
+
+# --- part: routing -----------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def _database(pair: Cluster, *, replicas: bool) -> AsyncIterator[Database]:
+    settings = load_settings(
+        env="test",
+        database_url=pair.primary_url,
+        database_replica_urls=[pair.replica_url] if replicas else [],
+        secret_key=SECRET,
+    )
+    db = await Database.connect(settings, pair.primary_url)
+    try:
+        yield db
+    finally:
+        await db.close()
+
+
+async def _per_call_us(call: Callable[[], Awaitable[object]], iterations: int) -> float:
+    started = time.perf_counter()
+    for _ in range(iterations):
+        await call()
+    return (time.perf_counter() - started) / iterations * 1e6
+
+
+async def _routing(pair: Cluster, iterations: int, blocks: int) -> dict[str, float]:
+    """Median over ``blocks`` of the mean per call; variants interleave block by block, so
+    a busy moment of a shared machine lands on all of them."""
+    async with _database(pair, replicas=False) as plain, _database(pair, replicas=True) as db:
+        assert db.replicas is not None
+        replica = db.replicas.replicas[0]
+        replayed = await _wal_position(pair.primary_url)
+        await _caught_up(pair.primary_url, pair.replica_url)
+        await db.replicas.check()
+
+        async def primary_read() -> None:
+            async with plain.acquire(read=True) as conn:
+                await conn.fetchval("SELECT 1")
+
+        async def replica_read() -> None:
+            async with db.acquire(read=True) as conn:
+                await conn.fetchval("SELECT 1")
+
+        async def known_replayed() -> None:
+            with routing.routing_scope(routing.RequestRouting(min_lsn=replayed)):
+                await replica_read()
+
+        async def checked_on_replica() -> None:
+            replica.replay_lsn = None  # as if the last check predates the write
+            await known_replayed()
+
+        async def token_round_trip() -> None:
+            routing.read_position(SECRET, routing.sign_position(SECRET, replayed))
+
+        variants: dict[str, Callable[[], Awaitable[object]]] = {
+            "no replicas: primary": primary_read,
+            "replica, no position": replica_read,
+            "replica, position already seen replayed": known_replayed,
+            "replica, position checked on the replica": checked_on_replica,
+            "write side: pg_current_wal_insert_lsn()": db.wal_position,
+            "sign and check a token": token_round_trip,
+        }
+        for call in variants.values():  # warm pools and statement caches
+            await _per_call_us(call, 200)
+        samples: dict[str, list[float]] = {name: [] for name in variants}
+        for _ in range(blocks):
+            for name, call in variants.items():
+                samples[name].append(await _per_call_us(call, iterations))
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def routing_overhead(pair: Cluster, iterations: int, blocks: int) -> None:
+    """Per-call cost of each routing decision, in microseconds."""
+    figures = asyncio.run(_routing(pair, iterations, blocks))
+    base = figures["replica, no position"]
+    print(f"\nrouting: medians of {blocks} interleaved blocks of {iterations} calls")
+    header = "acquire(read=True) + SELECT 1, or the step alone"
+    print(f"{header:<50}{'µs/call':>10}{'vs no position':>16}")
+    for name, value in figures.items():
+        delta = f"{value - base:+.1f}" if name.startswith("replica,") else ""
+        print(f"{name:<50}{value:>10.1f}{delta:>16}")
+
+
+# --- main --------------------------------------------------------------------------------
+
+PARTS = ("replicas", "routing")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--parts", default=",".join(PARTS))
+    parser.add_argument("--duration", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--iterations", type=int, default=1000)
+    parser.add_argument("--blocks", type=int, default=15)
+    options = parser.parse_args()
+    parts = options.parts.split(",")
+    if unknown := set(parts) - set(PARTS):
+        raise SystemExit(f"unknown parts: {', '.join(sorted(unknown))}")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    if "replicas" in parts:
+        ensure_wrk()
+    with cluster() as pair:
+        if "replicas" in parts:
+            replica_throughput(pair, options.duration, options.repeats)
+        if "routing" in parts:
+            routing_overhead(pair, options.iterations, options.blocks)
+
+
+if __name__ == "__main__":
+    main()
