@@ -2,7 +2,11 @@
 
     uv run --group bench python -m scripts.bench_jobs [--jobs 20000] [--repeats 3]
         [--only pgfirst,pgqueuer,procrastinate] [--loop uvloop|asyncio]
-        [--procrastinate-concurrency 10]
+        [--procrastinate-concurrency 10] [--outsider]
+
+``--outsider`` first runs the drain as an outsider measures it (scripts/bench_drain.py:
+one worker process per queue, on an analysed table, beside a raw asyncpg loop), then the
+in-process measures below.
 
 On one throwaway embedded PostgreSQL (fsync on, synchronous commit), in one process and
 one event loop (uvloop unless ``--loop asyncio``), each queue in turn, repeats alternating:
@@ -42,6 +46,7 @@ from app.config import load_settings
 from app.jobs import enqueue, enqueue_many, job, jobs_in
 from app.jobs.worker import Worker
 from app.services import open_services
+from scripts import bench_drain
 from scripts.benchkit import percentile, postgres
 
 PICKUPS = 200
@@ -303,9 +308,20 @@ def main() -> None:
         default=PROCRASTINATE_CONCURRENCY,
         help="jobs its one worker runs at once",
     )
+    parser.add_argument(
+        "--outsider",
+        action="store_true",
+        help="also drain with one worker process per queue on an analysed table, beside a "
+        "raw asyncpg loop (scripts/bench_drain.py)",
+    )
     options = parser.parse_args()
     names = [name for name in options.only.split(",") if name]
     with postgres() as dsn:
+        if options.outsider:
+            separate = [name for name in (*names, "raw") if name in bench_drain.CONTENDERS]
+            drained = bench_drain.measure(dsn, options.jobs, options.repeats, separate)
+            bench_drain.report(drained, options.jobs, options.repeats)
+            print()
         run = measure(dsn, options.jobs, options.repeats, names, options.procrastinate_concurrency)
         if options.loop == "uvloop":
             uvloop.run(run)

@@ -218,7 +218,7 @@ async def test_cancel_stops_a_running_job(
 
 
 async def _running(worker: Worker) -> int:
-    return len(worker._running)
+    return len(worker.runner.running_ids())
 
 
 async def test_graceful_shutdown_releases_leases(

@@ -1,20 +1,20 @@
 """The worker: claim in batches, run with bounded concurrency, finish in batches.
 
 Loop: claim a batch ahead of the free slots (``FOR UPDATE SKIP LOCKED``, so workers never
-wait on each other and never get the same job), run each job as a task, and record the
-successes in the next claim statement — one statement and one commit per batch for both
-ends, because transactions per job are what bound a queue's throughput (docs/jobs.md).
-The worker's bookkeeping pins the claim's plan (``enable_sort = off``) and does not wait
-for the WAL flush (JOBS_SYNCHRONOUS_COMMIT): a lost claim or completion re-runs a job, it
-never loses one. With nothing to claim the worker sleeps until a wake-up on
-``pgfirst_jobs`` through the process's notifier (sent when a job is committed) or the poll
-interval, whichever comes first; without LISTEN (``DB_POOL_MODE=pgbouncer``, or a lost
-listener) polling alone keeps it going. The worker's statements are in ``bookkeeping.py``,
-the SQL and why it is shaped so in ``sql.py``.
+wait on each other and never get the same job), run the jobs on ``concurrency`` slots
+(``runner.py``), and record the successes in the next claim statement — one statement and
+one commit per batch for both ends, because transactions per job are what bound a queue's
+throughput (docs/jobs.md). The worker's bookkeeping pins the claim's plan
+(``enable_sort = off``) and does not wait for the WAL flush (JOBS_SYNCHRONOUS_COMMIT): a
+lost claim or completion re-runs a job, it never loses one. With nothing to claim the
+worker sleeps until a wake-up on ``pgfirst_jobs`` through the process's notifier (sent
+when a job is committed) or the poll interval, whichever comes first; without LISTEN
+(``DB_POOL_MODE=pgbouncer``, or a lost listener) polling alone keeps it going. The
+worker's statements are in ``bookkeeping.py``, the SQL and why it is shaped so in ``sql.py``.
 
 Beside the claim loop run two tasks the worker owns: its upkeep (every lease/3 seconds it
 extends the leases of its own running jobs — a job cancelled meanwhile is not extended and
-its task is cancelled — and records pending successes), and its ``Maintenance``, which
+its slot is interrupted — and records pending successes), and its ``Maintenance``, which
 competes for the leader lease and, while leading, rescues expired leases, samples queue
 depth and schedules periodic jobs (``maintenance.py``). Both log every failure and go on.
 
@@ -35,33 +35,19 @@ import random
 import socket
 import traceback
 import uuid
-from collections import deque
-from dataclasses import dataclass
-from time import perf_counter
-from typing import Any
 
 import asyncpg
 
 from app.jobs.bookkeeping import CONNECTION_LOST, Bookkeeper
 from app.jobs.maintenance import Clock, Maintenance
-from app.jobs.metrics import JOB_WAIT_SECONDS, JOBS_FINISHED, SUCCEEDED, run_seconds
+from app.jobs.metrics import JOB_METRICS
 from app.jobs.queue import CANCEL_CHANNEL, WAKE_CHANNEL, Jobs
+from app.jobs.runner import ClaimedJob, JobRunner
 from app.notifier import Unlisten
-from app.observability.logging import request_id_var
 
 log = logging.getLogger(__name__)
 # What a lost or restarting database raises; a claim loop survives these.
 CLAIM_ERRORS = (*CONNECTION_LOST, TimeoutError, asyncpg.PostgresError)
-
-
-@dataclass(frozen=True, slots=True)
-class ClaimedJob:
-    id: int
-    name: str
-    args: dict[str, Any]
-    attempt: int
-    max_attempts: int
-    request_id: str | None
 
 
 class Worker:
@@ -91,13 +77,18 @@ class Worker:
         self.maintenance = Maintenance(jobs, self.id, clock=clock)
         self.bookkeeper = Bookkeeper(jobs.db, settings, self.id)
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not crypto
-        self._running: dict[int, asyncio.Task[None]] = {}
-        self._ready: deque[ClaimedJob] = deque()  # claimed (leased), not started yet
-        self._cancelled: set[int] = set()
-        self._succeeded: list[int] = []
         self._wake = asyncio.Event()
         # Claim again while half a batch is still waiting, so slots never idle on a claim.
         self._low_water = max(self.concurrency, settings.jobs_claim_batch // 2)
+        self.runner = JobRunner(
+            self.registry,
+            settings,
+            JOB_METRICS,
+            concurrency=self.concurrency,
+            low_water=self._low_water,
+            on_failure=self._record_failure,
+            on_low=self._wake.set,
+        )
         self._stopping = asyncio.Event()
         self._unlisten: list[Unlisten] = []
 
@@ -157,12 +148,12 @@ class Worker:
             claimed = 0
             tried = False
             try:
-                if len(self._ready) < self._low_water:
+                if len(self.runner.ready) < self._low_water:
                     tried = True
                     claimed = await self._claim(batch)
-                self._start_ready()
+                self.runner.start()
                 # Successes are recorded a batch at a time, or as soon as the worker is idle.
-                if len(self._succeeded) >= batch or not (self._running or self._ready):
+                if len(self.runner.succeeded) >= batch or not self.runner.busy():
                     await self._flush()
             except CLAIM_ERRORS as exc:
                 # The database went away (restart, failover, network): keep running the
@@ -177,9 +168,9 @@ class Worker:
                         await self._stopping.wait()
                 continue
             failures = 0
-            if claimed and len(self._ready) < self._low_water:
+            if claimed and len(self.runner.ready) < self._low_water:
                 continue
-            if not self._running and not self._ready:
+            if not self.runner.busy():
                 if not tried:
                     continue  # drained while flushing: look for more before sleeping
                 if self.burst:
@@ -190,25 +181,22 @@ class Worker:
                 async with asyncio.timeout(interval):
                     await self._wake.wait()
 
-    def _start_ready(self) -> None:
-        while self._ready and len(self._running) < self.concurrency:
-            job = self._ready.popleft()
-            self._running[job.id] = asyncio.create_task(self._execute(job), name=f"job-{job.id}")
-
     async def _claim(self, limit: int) -> int:
         """Record successes, lease up to ``limit`` jobs, queue them in order, start what fits.
 
         Returns how many were claimed.
         """
-        done, self._succeeded = self._succeeded, []
+        runner = self.runner
+        done, runner.succeeded = runner.succeeded, []
         try:
             rows = await self.bookkeeper.claim(self.queues, limit, done)
         except BaseException:
-            self._succeeded[:0] = done  # recorded by the next try (a repeat is a no-op)
+            runner.succeeded[:0] = done  # recorded by the next try (a repeat is a no-op)
             raise
+        observe_wait = JOB_METRICS.wait.observe
         for row in sorted(rows, key=lambda r: (-r["priority"], r["run_at"], r["id"])):
-            JOB_WAIT_SECONDS.observe(max(0.0, float(row["waited"])))
-            self._ready.append(
+            observe_wait(max(0.0, float(row["waited"])))
+            runner.ready.append(
                 ClaimedJob(
                     row["id"],
                     row["name"],
@@ -218,42 +206,8 @@ class Worker:
                     row["request_id"],
                 )
             )
-        self._start_ready()
+        runner.start()
         return len(rows)
-
-    async def _execute(self, job: ClaimedJob) -> None:
-        token = request_id_var.set(job.request_id or f"job-{job.id}")
-        kind = self.registry.get(job.name)
-        started = perf_counter()
-        try:
-            if kind is None:
-                raise LookupError(f"no job named {job.name!r} is registered in this worker")
-            timeout = kind.timeout or self.settings.jobs_default_timeout
-            try:
-                # asyncio.timeout, not wait_for: no second task per job (Python 3.11).
-                async with asyncio.timeout(timeout):
-                    await kind.handler(**job.args)
-            except TimeoutError:
-                raise TimeoutError(f"timed out after {timeout:g} s") from None
-        except asyncio.CancelledError:
-            # Cancelled by an operator (state is already 'cancelled') or by shutdown
-            # (the lease is released by _shutdown); nothing to record here.
-            if job.id in self._cancelled:
-                JOBS_FINISHED.labels("cancelled").inc()
-        except Exception as exc:
-            await self._record_failure(job, exc)
-        else:
-            self._succeeded.append(job.id)
-            SUCCEEDED.inc()
-        finally:
-            run_seconds(job.name).observe(perf_counter() - started)
-            self._running.pop(job.id, None)
-            self._cancelled.discard(job.id)
-            request_id_var.reset(token)
-            if not self._stopping.is_set():
-                self._start_ready()
-            if len(self._ready) < self._low_water:
-                self._wake.set()
 
     def backoff(self, attempt: int) -> float:
         """Seconds before retrying after failed ``attempt``: JOBS_BACKOFF_BASE doubling per
@@ -268,19 +222,19 @@ class Worker:
         error = f"{type(exc).__name__}: {exc}"[:2000]
         trace = "".join(traceback.format_exception(exc))[-8000:]
         state = await self.bookkeeper.fail(job.id, delay, error, trace)
-        outcome = "dead" if state == "dead" else "retried"
-        JOBS_FINISHED.labels(outcome).inc()
+        JOB_METRICS.finished("dead" if state == "dead" else "retried")
         log.warning("job %s %s failed (attempt %d): %s", job.name, job.id, job.attempt, error)
 
     async def _flush(self) -> None:
         """Record every success since the last flush in one statement."""
-        if not self._succeeded:
+        runner = self.runner
+        if not runner.succeeded:
             return
-        done, self._succeeded = self._succeeded, []
+        done, runner.succeeded = runner.succeeded, []
         try:
             await self.bookkeeper.complete(done)
         except BaseException:
-            self._succeeded[:0] = done
+            runner.succeeded[:0] = done
             raise
 
     # --- upkeep of this worker's own jobs ------------------------------------------------
@@ -288,7 +242,7 @@ class Worker:
     async def _upkeep_loop(self) -> None:
         period = self.settings.jobs_lease_seconds / 3
         while True:
-            await asyncio.sleep(min(period, 1.0) if self._succeeded else period)
+            await asyncio.sleep(min(period, 1.0) if self.runner.succeeded else period)
             try:
                 await self._flush()
                 await self._heartbeat()
@@ -298,21 +252,13 @@ class Worker:
                 log.exception("jobs: upkeep failed; trying again in %.1fs", period)
 
     async def _heartbeat(self) -> None:
-        ids = [*self._running, *(job.id for job in self._ready)]
+        ids = [*self.runner.running_ids(), *(job.id for job in self.runner.ready)]
         if not ids:
             return
         kept = await self.bookkeeper.heartbeat(ids)
         for job_id in ids:
             if job_id not in kept:
-                self._cancel_local(job_id)
-
-    def _cancel_local(self, job_id: int) -> None:
-        for waiting in [job for job in self._ready if job.id == job_id]:
-            self._ready.remove(waiting)
-        task = self._running.get(job_id)
-        if task is not None and not task.done():
-            self._cancelled.add(job_id)
-            task.cancel()
+                self.runner.cancel(job_id)
 
     # --- wake-ups through the notifier ---------------------------------------------------
 
@@ -335,20 +281,12 @@ class Worker:
 
     def _on_cancel(self, topic: str, payload: str) -> None:
         if payload.isdigit():
-            self._cancel_local(int(payload))
+            self.runner.cancel(int(payload))
 
     # --- shutdown ------------------------------------------------------------------------
 
     async def _shutdown(self) -> None:
-        if self._running:
-            tasks = list(self._running.values())
-            await asyncio.wait(tasks, timeout=self.settings.jobs_shutdown_grace)
-        leftover = [job_id for job_id, task in self._running.items() if not task.done()]
-        leftover += [job.id for job in self._ready]  # claimed but never started
-        self._ready.clear()
-        for task in self._running.values():
-            task.cancel()
-        await asyncio.gather(*self._running.values(), return_exceptions=True)
+        leftover = await self.runner.stop(self.settings.jobs_shutdown_grace)
         try:
             await self._flush()
             if leftover:
