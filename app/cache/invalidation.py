@@ -12,13 +12,20 @@ Three rules keep L1 from serving a value older than the invalidation delay:
    lost for good, so on a drop L1 is emptied and bypassed, and it starts empty again when
    the notifier is back.
 2. A generation counter, bumped by every local write and every announcement heard: a value
-   read from the backend fills L1 only if the generation did not move while it was read
-   (it may predate the write).
-3. No entry outlives CACHE_L1_TTL_SECONDS or its backend expiry, whatever is missed.
+   read from the backend fills L1 only if its key was not written or evicted while it was
+   read (it may predate the write). Each written key remembers the generation of its last
+   write, so a write of one key does not keep the reads of every other key out of L1 —
+   with many users, some key is being written at almost any moment. Evictions that name no
+   key (a prefix, everything, a notifier drop) hold back every read in flight.
+3. No entry outlives CACHE_L1_TTL_SECONDS or its backend expiry, whatever is missed. Each
+   entry's L1 lifetime is drawn between (1 - L1_TTL_SPREAD) and 1 times that TTL: entries
+   filled together (every user's session after a restart, say) do not all expire in the
+   same instant and send their refills to the backend in one burst.
 """
 
 from __future__ import annotations
 
+import random
 import secrets
 from collections.abc import Callable
 from typing import Any
@@ -30,6 +37,11 @@ from app.notifier import Notifier, Unlisten
 # Over this many bytes of keys in one write, other processes are told to empty their L1
 # instead (NOTIFY carries at most 8,000 bytes).
 ANNOUNCE_MAX_BYTES = 7_000
+# An L1 entry lives between (1 - L1_TTL_SPREAD) and 1 times CACHE_L1_TTL_SECONDS.
+L1_TTL_SPREAD = 0.2
+# Keys whose last write generation is remembered; past it, all are forgotten at once and
+# count as evicted together (reads in flight then stay out of L1: safe, merely a miss).
+WRITTEN_KEPT = 10_000
 
 
 class L1Tier:
@@ -40,6 +52,11 @@ class L1Tier:
         self.enabled = settings.cache_l1_max_entries > 0
         self.serving = False
         self.generation = 0
+        # key -> generation of its last write or announced eviction in this process
+        self._written: dict[str, int] = {}
+        # generation of the last eviction that named no key
+        self._evicted_all = 0
+        self._random = random.Random()  # noqa: S311 - spreads expiry times, guards nothing
         self.invalidations_received = 0
         # New for every Cache: two processes (or two instances in one) must not share an
         # id, or each would ignore the other's invalidations as its own.
@@ -76,15 +93,25 @@ class L1Tier:
     # --- filling ---------------------------------------------------------------------------
 
     def fill(self, key: str, value: Any, remaining: float | None, generation: int) -> None:
-        """Keep a value read from the backend at ``generation``, for at most the L1 TTL."""
-        if self.serving and generation == self.generation:
-            lifetime = self._ttl if remaining is None else min(self._ttl, remaining)
+        """Keep a value read from the backend since ``generation``, unless its key was
+        written or evicted meanwhile; for at most the L1 TTL and its backend expiry."""
+        if (
+            self.serving
+            and self._evicted_all <= generation
+            and self._written.get(key, 0) <= generation
+        ):
+            lifetime = self._lifetime()
+            if remaining is not None and remaining < lifetime:
+                lifetime = remaining
             self.entries.put(key, value, self._clock() + lifetime)
 
     def keep_written(self, key: str, value: Any, ttl: float) -> None:
         """Keep a value this process just stored."""
         if self.serving:
-            self.entries.put(key, value, self._clock() + min(self._ttl, ttl))
+            self.entries.put(key, value, self._clock() + min(self._lifetime(), ttl))
+
+    def _lifetime(self) -> float:
+        return self._ttl * (1.0 - L1_TTL_SPREAD * self._random.random())
 
     def lookup(self, key: str, now: float) -> Any:
         """The L1 value, or MISSING (always while not serving)."""
@@ -94,13 +121,28 @@ class L1Tier:
 
     def written(self, keys: list[str]) -> None:
         """Keys this process is changing: out of L1, and reads in flight must not refill it."""
-        self.generation += 1
-        for key in keys:
-            self.entries.evict(key)
+        self._evict_keys(keys)
 
     def written_prefix(self, prefix: str) -> None:
-        self.generation += 1
+        self._evict_everything_read()
         self.entries.evict_prefix(prefix)
+
+    def _evict_keys(self, keys: list[str]) -> None:
+        self.generation += 1
+        generation = self.generation
+        written = self._written
+        if len(written) + len(keys) > WRITTEN_KEPT:
+            written.clear()
+            self._evicted_all = generation
+        for key in keys:
+            written[key] = generation
+            self.entries.evict(key)
+
+    def _evict_everything_read(self) -> None:
+        """Every read in flight must stay out of L1 (what it read is not known)."""
+        self.generation += 1
+        self._evicted_all = self.generation
+        self._written.clear()
 
     def announce(self, keys: list[str]) -> str:
         """The message that evicts ``keys`` elsewhere ("" with L1 off: nobody listens)."""
@@ -121,18 +163,18 @@ class L1Tier:
         if instance == self.instance:
             return
         self.invalidations_received += 1
-        self.generation += 1
         kind, _, argument = rest.partition(" ")
         if kind == "k":
-            for key in argument.split(" "):
-                self.entries.evict(key)
+            self._evict_keys(argument.split(" "))
         elif kind == "p":
+            self._evict_everything_read()
             self.entries.evict_prefix(argument)
         else:
+            self._evict_everything_read()
             self.entries.clear()
 
     def _on_notifier_state(self, connected: bool) -> None:
         # Whatever was announced while disconnected is unknown: start L1 empty.
-        self.generation += 1
+        self._evict_everything_read()
         self.entries.clear()
         self.serving = connected and self.enabled
