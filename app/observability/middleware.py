@@ -10,10 +10,13 @@ streaming responses (SSE) pass through untouched and there is no extra task per 
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
 import re
-import uuid
+import secrets
 from time import perf_counter
+from typing import Any
 
 import orjson
 from starlette.datastructures import MutableHeaders
@@ -36,6 +39,46 @@ _SECURITY_HEADERS = (
 _HSTS = "max-age=63072000; includeSubDomains"
 
 
+def _new_id_source() -> tuple[str, itertools.count[int]]:
+    return secrets.token_hex(8), itertools.count(1)
+
+
+# Request ids: 32 hex digits, a random prefix per process and a counter — unique like a
+# uuid4 without reading the OS's random source on every request. A forked child draws a
+# prefix of its own.
+_id_prefix, _id_counter = _new_id_source()
+
+
+def _renew_id_source() -> None:
+    global _id_prefix, _id_counter
+    _id_prefix, _id_counter = _new_id_source()
+
+
+os.register_at_fork(after_in_child=_renew_id_source)
+
+
+def new_request_id() -> str:
+    return f"{_id_prefix}{next(_id_counter):016x}"
+
+
+# (method, route, status) -> its children of the two request metrics. ``labels()`` takes a
+# lock and builds its key on every call, a few microseconds a request; the set of routes
+# and statuses is small and fixed, so each child is looked up once.
+_metric_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+
+def _observe(method: str, route: str, status: int, elapsed: float) -> None:
+    children = _metric_children.get((method, route, status))
+    if children is None:
+        children = (
+            HTTP_REQUESTS.labels(method, route, str(status)),
+            HTTP_REQUEST_SECONDS.labels(method, route),
+        )
+        _metric_children[(method, route, status)] = children
+    children[0].inc()
+    children[1].observe(elapsed)
+
+
 class RequestMiddleware:
     def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
         self.app = app
@@ -45,7 +88,7 @@ class RequestMiddleware:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        request_id = _incoming_request_id(scope) or uuid.uuid4().hex
+        request_id = _incoming_request_id(scope) or new_request_id()
         token = request_id_var.set(request_id)
         try:
             if scope["type"] == "websocket":
@@ -104,23 +147,24 @@ class RequestMiddleware:
             elapsed = perf_counter() - started
             route = _route_template(scope)
             method = scope.get("method", "GET")
-            HTTP_REQUESTS.labels(method, route, str(status)).inc()
-            HTTP_REQUEST_SECONDS.labels(method, route).observe(elapsed)
+            _observe(method, route, status, elapsed)
             path = scope.get("path", "")
-            log.log(
-                logging.DEBUG if path in _QUIET_PATHS else logging.INFO,
-                "%s %s %s",
-                method,
-                path,
-                status,
-                extra={
-                    "method": method,
-                    "path": path,
-                    "route": route,
-                    "status": status,
-                    "duration_ms": round(elapsed * 1000, 2),
-                },
-            )
+            level = logging.DEBUG if path in _QUIET_PATHS else logging.INFO
+            if log.isEnabledFor(level):
+                log.log(
+                    level,
+                    "%s %s %s",
+                    method,
+                    path,
+                    status,
+                    extra={
+                        "method": method,
+                        "path": path,
+                        "route": route,
+                        "status": status,
+                        "duration_ms": round(elapsed * 1000, 2),
+                    },
+                )
 
 
 def _incoming_request_id(scope: Scope) -> str | None:
