@@ -30,7 +30,8 @@ import hmac
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import Depends, HTTPException
+from fastapi import Depends, HTTPException, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.requests import HTTPConnection
 
 from app.auth.ratelimit import RateLimiter
@@ -126,8 +127,23 @@ async def authenticate(auth: Auth, token: str | None) -> tuple[User, AccessClaim
     return user, claims
 
 
-async def _current_session(connection: HTTPConnection, auth: AuthDep) -> tuple[User, AccessClaims]:
-    return await authenticate(auth, bearer_token(connection))
+# Declared as a security scheme so that the OpenAPI document says how to authenticate and
+# /docs can authorise; the header is read here and nowhere else for HTTP routes.
+bearer_scheme = HTTPBearer(
+    auto_error=False,
+    description="An access token from POST /api/auth/login; on /ops routes, OPS_TOKEN too.",
+)
+BearerCredentials = Annotated[HTTPAuthorizationCredentials | None, Security(bearer_scheme)]
+
+
+def _token(credentials: HTTPAuthorizationCredentials | None) -> str | None:
+    return credentials.credentials.strip() or None if credentials is not None else None
+
+
+async def _current_session(
+    auth: AuthDep, credentials: BearerCredentials
+) -> tuple[User, AccessClaims]:
+    return await authenticate(auth, _token(credentials))
 
 
 CurrentSession = Annotated[tuple[User, AccessClaims], Depends(_current_session)]
@@ -165,8 +181,8 @@ async def is_operator(services: Services, token: str | None) -> bool:
     return user.is_admin
 
 
-async def _require_ops_access(connection: HTTPConnection, services: ServicesDep) -> None:
-    token = bearer_token(connection)
+async def _require_ops_access(services: ServicesDep, credentials: BearerCredentials) -> None:
+    token = _token(credentials)
     if token is None:
         raise HTTPException(401, "Bearer token required", headers=UNAUTHORIZED)
     if not await is_operator(services, token):

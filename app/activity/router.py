@@ -8,12 +8,13 @@ from fastapi import APIRouter, HTTPException, Query
 
 from app.activity.feed import ActivityPage, read_feed
 from app.deps import CurrentUser, ReadConn, SettingsDep
+from app.observability.errors import error_responses
 from app.pagination import InvalidCursor
 
 router = APIRouter(tags=["activity"])
 
 
-@router.get("/api/activity")
+@router.get("/api/activity", responses=error_responses(400))
 async def list_activity(
     settings: SettingsDep,
     user: CurrentUser,

@@ -24,6 +24,7 @@ from app.auth.schemas import (
 )
 from app.auth.service import Session
 from app.deps import AuthDep, CurrentSession, CurrentUser, ServicesDep
+from app.observability.errors import error_responses
 from app.services import Services
 
 router = APIRouter(prefix="/api/auth", tags=["auth"])
@@ -71,7 +72,7 @@ def _busy() -> HTTPException:
     return HTTPException(503, "Server busy; try again shortly", headers={"Retry-After": "1"})
 
 
-@router.post("/signup", status_code=status.HTTP_202_ACCEPTED)
+@router.post("/signup", status_code=status.HTTP_202_ACCEPTED, responses=error_responses(429, 503))
 async def sign_up(body: Credentials, request: Request, services: ServicesDep) -> Accepted:
     await enforce_limits(services, request, "signup", body.email)
     auth = services.auth
@@ -83,7 +84,7 @@ async def sign_up(body: Credentials, request: Request, services: ServicesDep) ->
     return SIGNUP_ACCEPTED
 
 
-@router.post("/login")
+@router.post("/login", responses=error_responses(401, 429, 503))
 async def log_in(body: Credentials, request: Request, services: ServicesDep) -> TokenPair:
     await enforce_limits(services, request, "login", body.email)
     auth = services.auth
@@ -96,7 +97,7 @@ async def log_in(body: Credentials, request: Request, services: ServicesDep) -> 
     return _pair(session)
 
 
-@router.post("/refresh")
+@router.post("/refresh", responses=error_responses(401))
 async def refresh_session(body: RefreshRequest, auth: AuthDep) -> TokenPair:
     session = await auth.refresh(body.refresh_token)
     if session is None:
@@ -126,7 +127,9 @@ async def read_me(user: CurrentUser) -> UserOut:
     )
 
 
-@router.post("/password", status_code=status.HTTP_204_NO_CONTENT)
+@router.post(
+    "/password", status_code=status.HTTP_204_NO_CONTENT, responses=error_responses(403, 503)
+)
 async def change_password(body: PasswordChange, user: CurrentUser, auth: AuthDep) -> None:
     _check_policy(body.new_password)
     try:
@@ -137,7 +140,9 @@ async def change_password(body: PasswordChange, user: CurrentUser, auth: AuthDep
         raise HTTPException(403, "Current password is wrong")
 
 
-@router.post("/password-reset", status_code=status.HTTP_202_ACCEPTED)
+@router.post(
+    "/password-reset", status_code=status.HTTP_202_ACCEPTED, responses=error_responses(429)
+)
 async def request_password_reset(
     body: EmailOnly, request: Request, services: ServicesDep
 ) -> Accepted:
@@ -146,7 +151,11 @@ async def request_password_reset(
     return RESET_ACCEPTED
 
 
-@router.post("/password-reset/confirm", status_code=status.HTTP_204_NO_CONTENT)
+@router.post(
+    "/password-reset/confirm",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=error_responses(400, 503),
+)
 async def confirm_password_reset(body: ResetConfirm, auth: AuthDep) -> None:
     _check_policy(body.password)
     try:
@@ -157,7 +166,9 @@ async def confirm_password_reset(body: ResetConfirm, auth: AuthDep) -> None:
         raise HTTPException(400, "Invalid or expired token")
 
 
-@router.post("/verify-email", status_code=status.HTTP_204_NO_CONTENT)
+@router.post(
+    "/verify-email", status_code=status.HTTP_204_NO_CONTENT, responses=error_responses(400)
+)
 async def verify_email(body: VerifyEmail, auth: AuthDep) -> None:
     if not await auth.verify_email(body.token):
         raise HTTPException(400, "Invalid or expired token")

@@ -9,6 +9,7 @@ from fastapi import APIRouter, HTTPException, Path
 from pydantic import BaseModel
 
 from app.deps import DbConn, JobsDep, OpsAccess
+from app.observability.errors import error_responses
 
 router = APIRouter(prefix="/ops/jobs", tags=["ops"])
 JobId = Annotated[int, Path(ge=1, le=2**63 - 1)]
@@ -43,7 +44,7 @@ class QueueReport(BaseModel):
     dead: list[DeadJob]
 
 
-@router.get("")
+@router.get("", responses=error_responses(403))
 async def get_jobs_report(_: OpsAccess, conn: DbConn) -> QueueReport:
     counts: dict[str, dict[str, int]] = {}
     for row in await conn.fetch(COUNTS):
@@ -58,14 +59,14 @@ async def get_jobs_report(_: OpsAccess, conn: DbConn) -> QueueReport:
     )
 
 
-@router.post("/{job_id}/retry", status_code=202)
+@router.post("/{job_id}/retry", status_code=202, responses=error_responses(403, 409))
 async def post_job_retry(job_id: JobId, _: OpsAccess, jobs: JobsDep) -> dict[str, int]:
     if not await jobs.retry(job_id):
         raise HTTPException(409, "Only dead or cancelled jobs can be retried")
     return {"id": job_id}
 
 
-@router.post("/{job_id}/cancel", status_code=202)
+@router.post("/{job_id}/cancel", status_code=202, responses=error_responses(403, 409))
 async def post_job_cancel(job_id: JobId, _: OpsAccess, jobs: JobsDep) -> dict[str, int]:
     if not await jobs.cancel(job_id):
         raise HTTPException(409, "Only waiting or running jobs can be cancelled")

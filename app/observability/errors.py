@@ -1,10 +1,21 @@
-"""The one error shape: every 4xx/5xx body is ``{"detail": ...}``.
+"""The one error shape: every 4xx and 5xx body is an ``ErrorBody``.
 
-- HTTPException (ours and the framework's 404/405): its status, detail and headers.
-- Validation errors: 422 with a list of ``{loc, msg, type}`` — without the ``input`` that
-  FastAPI echoes by default, so a rejected password or token is never sent back.
-- Anything unhandled: 500 ``{"detail": "Internal Server Error", "request_id": ...}``, logged
-  with its traceback, never shown to the client (see middleware.py).
+    {"detail": "Task not found"}
+    {"detail": "Invalid request: body.email: value is not a valid email address",
+     "errors": [{"loc": ["body", "email"], "msg": "value is not a valid email address",
+                 "type": "value_error"}]}
+    {"detail": "Internal Server Error", "request_id": "9f2c..."}
+
+``detail`` is always one readable sentence, so a client can show it as it is; ``errors``
+comes with validation failures (422) and lists each field's problem, without the
+``input`` FastAPI echoes by default, so a rejected password or token is never sent back;
+``request_id`` comes with a 500, whose cause is logged with its traceback and never shown
+(see middleware.py).
+
+``error_responses(401, 404, ...)`` documents statuses a route can return in its OpenAPI
+operation with this model; ``document_errors`` (called when the OpenAPI document is built)
+replaces FastAPI's own 422 schema with it and adds what routes answer by construction:
+401 to a route behind the bearer scheme, 413 to one that takes a body, 500 to all.
 """
 
 from __future__ import annotations
@@ -14,7 +25,41 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+
+class FieldError(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class ErrorBody(BaseModel):
+    """The body of every 4xx and 5xx response."""
+
+    detail: str
+    errors: list[FieldError] | None = None
+    request_id: str | None = None
+
+
+STATUS_TEXT = {
+    400: "Bad request (a malformed or forged cursor or token)",
+    401: "Missing, invalid or expired credentials",
+    403: "Not allowed for this account",
+    404: "Not found (or not yours)",
+    409: "Conflicts with the current state",
+    413: "Request body too large (MAX_REQUEST_BODY_BYTES)",
+    422: "Invalid request: the body, query or path failed validation",
+    429: "Rate limited; Retry-After says when to try again",
+    500: "Internal error; the body carries the request id to quote",
+    503: "Temporarily unavailable; Retry-After says when to try again",
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses=`` entries for these statuses, each with ``ErrorBody``."""
+    return {status: {"model": ErrorBody, "description": STATUS_TEXT[status]} for status in statuses}
 
 
 class RequestBodyTooLarge(StarletteHTTPException):
@@ -23,17 +68,71 @@ class RequestBodyTooLarge(StarletteHTTPException):
 
 
 def install_error_handlers(app: FastAPI) -> None:
+    """Send every error as an ``ErrorBody`` and say so in the app's OpenAPI document."""
     app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = document_errors(generate())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-    return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+    detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+    return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=exc.headers)
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
     errors: list[dict[str, Any]] = [
-        {"loc": list(error.get("loc", ())), "msg": error.get("msg", ""), "type": error.get("type")}
+        {
+            "loc": [part if isinstance(part, int) else str(part) for part in error.get("loc", ())],
+            "msg": str(error.get("msg", "")),
+            "type": str(error.get("type", "")),
+        }
         for error in exc.errors()
     ]
-    return JSONResponse({"detail": errors}, status_code=422)
+    problems = "; ".join(
+        f"{'.'.join(map(str, error['loc']))}: {error['msg']}" for error in errors[:3]
+    )
+    more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
+    detail = f"Invalid request: {problems}{more}" if problems else "Invalid request"
+    return JSONResponse({"detail": detail, "errors": errors}, status_code=422)
+
+
+# --- the OpenAPI document ---------------------------------------------------------------------
+
+_ERROR_REF = {"$ref": "#/components/schemas/ErrorBody"}
+_BODY_METHODS = {"post", "put", "patch"}
+
+
+def document_errors(schema: dict[str, Any]) -> dict[str, Any]:
+    """Make the generated document say what the handlers above really send."""
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    components["ErrorBody"] = ErrorBody.model_json_schema(
+        ref_template="#/components/schemas/{model}"
+    )
+    components.update(components["ErrorBody"].pop("$defs", {}))
+    for name in ("HTTPValidationError", "ValidationError"):
+        components.pop(name, None)
+    for path in schema.get("paths", {}).values():
+        for method, operation in path.items():
+            responses = operation.setdefault("responses", {})
+            if "422" in responses:
+                responses["422"] = _error_response(422)
+            if operation.get("security"):  # the bearer scheme: no or a bad token is a 401
+                responses.setdefault("401", _error_response(401))
+            if method in _BODY_METHODS and "requestBody" in operation:
+                responses.setdefault("413", _error_response(413))
+            responses.setdefault("500", _error_response(500))
+    return schema
+
+
+def _error_response(status: int) -> dict[str, Any]:
+    return {
+        "description": STATUS_TEXT[status],
+        "content": {"application/json": {"schema": _ERROR_REF}},
+    }

@@ -24,6 +24,7 @@ from pydantic import BaseModel
 from app.auth.service import Auth, User
 from app.auth.tokens import InvalidToken, issue_access_token, read_access_token
 from app.deps import AuthDep, CurrentSession, ServicesDep, authenticate, bearer_token
+from app.observability.errors import error_responses
 from app.pubsub.streams import open_sse, parse_event_id, run_websocket
 
 router = APIRouter(tags=["realtime"])
@@ -67,7 +68,7 @@ async def _stream_user(auth: Auth, bearer: str | None, ticket: str | None) -> Us
 @router.get(
     "/api/events",
     response_class=StreamingResponse,
-    responses={200: {"content": {"text/event-stream": {}}}},
+    responses={200: {"content": {"text/event-stream": {}}}, **error_responses(401)},
 )
 async def stream_events(
     request: Request,

@@ -9,6 +9,7 @@ from fastapi import APIRouter, HTTPException, Path, Query
 from pydantic import BaseModel
 
 from app.deps import CurrentUser, ReadConn, ServicesDep
+from app.observability.errors import error_responses
 from app.search import service as sql
 
 router = APIRouter(tags=["search"])
@@ -57,7 +58,7 @@ async def search_tasks(
     return SearchResults(mode=mode, items=[Hit(**hit) for hit in sql.rows_out(rows)])
 
 
-@router.get("/api/tasks/{task_id}/similar")
+@router.get("/api/tasks/{task_id}/similar", responses=error_responses(404))
 async def list_similar_tasks(
     services: ServicesDep,
     user: CurrentUser,

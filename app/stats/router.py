@@ -6,12 +6,13 @@ from fastapi import APIRouter, HTTPException, Request, Response
 
 from app.cache.http import cache_headers, not_modified, weak_etag
 from app.deps import CurrentUser, DatabaseDep
+from app.observability.errors import error_responses
 from app.stats.service import UserStats, read_user_stats
 
 router = APIRouter(tags=["stats"])
 
 
-@router.get("/api/stats/me", response_model=UserStats)
+@router.get("/api/stats/me", response_model=UserStats, responses=error_responses(503))
 async def my_stats(
     request: Request, response: Response, user: CurrentUser, db: DatabaseDep
 ) -> UserStats | Response:

@@ -30,6 +30,7 @@ from starlette.requests import HTTPConnection
 
 from app.cache.http import cache_headers, not_modified
 from app.deps import CurrentUser, ServicesDep
+from app.observability.errors import error_responses
 from app.pagination import InvalidCursor, read_timestamp_cursor, timestamp_cursor
 from app.services import Services
 from app.tasks import service
@@ -65,7 +66,8 @@ RowId = Annotated[int, Path(ge=1, le=2**63 - 1)]
 Limit = Annotated[int, Query(ge=1, le=100)]
 Cursor = Annotated[str | None, Query(max_length=512)]
 OpenApiResponses = dict[int | str, dict[str, Any]]
-NOT_FOUND: OpenApiResponses = {404: {"description": "Not found (or another user's)"}}
+NOT_FOUND: OpenApiResponses = error_responses(404)
+BAD_CURSOR: OpenApiResponses = error_responses(400)
 NOT_MODIFIED: OpenApiResponses = {304: {"description": "The If-None-Match ETag is current"}}
 
 
@@ -150,7 +152,7 @@ async def _unchanged(
 # --- projects ----------------------------------------------------------------------------
 
 
-@router.get("/api/projects", response_model=ProjectPage, responses=NOT_MODIFIED)
+@router.get("/api/projects", response_model=ProjectPage, responses={**NOT_MODIFIED, **BAD_CURSOR})
 async def list_projects(
     request: Request,
     user: CurrentUser,
@@ -225,7 +227,7 @@ async def delete_project(
 # --- tasks -------------------------------------------------------------------------------
 
 
-@router.get("/api/tasks", response_model=TaskPage, responses=NOT_MODIFIED)
+@router.get("/api/tasks", response_model=TaskPage, responses={**NOT_MODIFIED, **BAD_CURSOR})
 async def list_tasks(
     request: Request,
     user: CurrentUser,
