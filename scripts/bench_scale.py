@@ -19,8 +19,10 @@ with ``pg_basebackup -R`` (``app.db.embedded_replica``), both on this machine.
 - ``routing``: in one process, ``Database.acquire(read=True)`` + ``SELECT 1``, per call,
   without replicas, on a replica without a position, with a position the last health check
   already saw replayed, with a position that needs a ``pg_last_wal_replay_lsn()`` on the
-  replica, and the write side: the ``pg_current_wal_insert_lsn()`` a writing request adds,
-  and signing + checking a token.
+  replica, and the write side: the ``pg_current_wal_insert_lsn()`` a writing request adds;
+  then the parts without I/O: the routing decision itself, and signing + checking a token.
+  The figures with a query ride on one loopback round trip, so on a busy machine their
+  differences are within the noise; the parts without I/O are not.
 
 Prints medians of the repeats. On 2 cores the replica shares the CPU with the primary, the
 app and wrk, so a replica adds no capacity here; see docs/benchmarks.md for what changes
@@ -203,7 +205,8 @@ async def _routing(pair: Cluster, iterations: int, blocks: int) -> dict[str, flo
     a busy moment of a shared machine lands on all of them."""
     async with _database(pair, replicas=False) as plain, _database(pair, replicas=True) as db:
         assert db.replicas is not None
-        replica = db.replicas.replicas[0]
+        replicas = db.replicas
+        replica = replicas.replicas[0]
         replayed = await _wal_position(pair.primary_url)
         await _caught_up(pair.primary_url, pair.replica_url)
         await db.replicas.check()
@@ -224,6 +227,10 @@ async def _routing(pair: Cluster, iterations: int, blocks: int) -> dict[str, flo
             replica.replay_lsn = None  # as if the last check predates the write
             await known_replayed()
 
+        async def decision_alone() -> None:
+            with routing.routing_scope(routing.RequestRouting(min_lsn=replayed)):
+                replicas._pick(replayed)
+
         async def token_round_trip() -> None:
             routing.read_position(SECRET, routing.sign_position(SECRET, replayed))
 
@@ -233,6 +240,7 @@ async def _routing(pair: Cluster, iterations: int, blocks: int) -> dict[str, flo
             "replica, position already seen replayed": known_replayed,
             "replica, position checked on the replica": checked_on_replica,
             "write side: pg_current_wal_insert_lsn()": db.wal_position,
+            "the decision alone: request state + pick, no I/O": decision_alone,
             "sign and check a token": token_round_trip,
         }
         for call in variants.values():  # warm pools and statement caches
