@@ -7,6 +7,13 @@
   developer's own database is never touched.
 - Redis: REDIS_URL, else ``redis-server`` from PATH on a free port. With CI=true a missing
   Redis fails the run, and so does any skipped test.
+- Suite modes (PGFIRST_TEST_MODE), run by scripts/test after the main pass, change what
+  every test's settings say unless the test sets those settings itself (a test about one
+  backend names it):
+  ``pooler`` — DATABASE_URL through a real PgBouncer in transaction mode
+  (``tests/pooler.py``), DATABASE_DIRECT_URL to the server, DB_POOL_MODE=pgbouncer;
+  ``redis`` — CACHE_BACKEND, PUBSUB_BACKEND and RATE_LIMIT_BACKEND all redis, the Redis
+  emptied before each test (tests share it, and fresh databases reuse ids).
 """
 
 from __future__ import annotations
@@ -32,9 +39,15 @@ from app.config import Settings, load_settings
 from app.db import migrate
 from app.db.embedded import EmbeddedPostgres
 from app.main import create_app
+from tests.pooler import pgbouncer
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 TEST_SECRET_KEY = "test-secret-key-that-is-long-enough-0123456789"
+TEST_MODE = os.environ.get("PGFIRST_TEST_MODE", "")
+TEST_MODES = {"", "pooler", "redis"}
+if TEST_MODE not in TEST_MODES:
+    raise pytest.UsageError(f"PGFIRST_TEST_MODE={TEST_MODE!r}: one of pooler, redis or unset")
+__all__ = ["pgbouncer"]
 
 
 def database_name(dsn: str) -> str:
@@ -114,7 +127,31 @@ async def database_url(create_database: Callable[..., object], template_database
 
 
 @pytest.fixture
-def make_settings(database_url: str) -> Callable[..., Settings]:
+def suite_mode_settings(request: pytest.FixtureRequest, database_url: str) -> dict[str, object]:
+    """What PGFIRST_TEST_MODE changes in every test's settings (nothing by default)."""
+    if TEST_MODE == "pooler":
+        bouncer = request.getfixturevalue("pgbouncer")
+        return {
+            "database_url": bouncer.dsn(database_name(database_url)),
+            "database_direct_url": database_url,
+            "db_pool_mode": "pgbouncer",
+        }
+    if TEST_MODE == "redis":
+        url = request.getfixturevalue("redis_url")
+        _flush_redis(url)
+        return {
+            "redis_url": url,
+            "cache_backend": "redis",
+            "pubsub_backend": "redis",
+            "rate_limit_backend": "redis",
+        }
+    return {}
+
+
+@pytest.fixture
+def make_settings(
+    database_url: str, suite_mode_settings: dict[str, object]
+) -> Callable[..., Settings]:
     def make(**overrides: object) -> Settings:
         values: dict[str, object] = {
             "env": "test",
@@ -129,6 +166,8 @@ def make_settings(database_url: str) -> Callable[..., Settings]:
             "argon2_memory_kib": 1024,
             "mailer": "memory",
         }
+        if not overrides.keys() & suite_mode_settings.keys():
+            values.update(suite_mode_settings)
         values.update(overrides)
         return load_settings(**values)
 
@@ -220,6 +259,16 @@ def redis_url() -> Iterator[str]:
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+def _flush_redis(url: str) -> None:
+    from redis import Redis
+
+    client = Redis.from_url(url)
+    try:
+        client.flushdb()
+    finally:
+        client.close()
 
 
 # --- CI: nothing may be skipped ----------------------------------------------------------

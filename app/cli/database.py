@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 
@@ -39,9 +40,12 @@ def db_backup(
     ] = None,
 ) -> None:
     """Dump the database in use with pg_dump (custom format, compressed)."""
-    from app.db.backup import backup
+    from app.db.backup import BackupError, backup
 
-    written = backup(database_url(settings()), path)
+    try:
+        written = backup(database_url(settings()), path)
+    except BackupError as exc:
+        _fail(exc)
     err.print(f"[green]backup written to {written}[/]")
 
 
@@ -50,14 +54,28 @@ def db_restore(
     path: Annotated[Path, typer.Argument(help="A dump made by `app db backup`.")],
     yes: Annotated[bool, typer.Option("--yes", help="Do not ask before overwriting.")] = False,
 ) -> None:
-    """Restore a dump into the database in use, replacing the objects it contains."""
-    from app.db.backup import restore
+    """Make schema public of the database in use what the dump holds, in one transaction.
 
-    dsn = database_url(settings())
+    Without --yes it asks first; with no terminal to ask on, it refuses."""
+    from app.db.backup import BackupError, restore
+
+    if not path.is_file():
+        _fail(f"no such dump: {path}")
     if not yes:
-        typer.confirm(f"Replace the contents of the database in use with {path}?", abort=True)
-    restore(dsn, path)
+        if not sys.stdin.isatty():
+            _fail("restore replaces every table of the database in use; pass --yes")
+        typer.confirm(f"Replace every table of the database in use with {path}?", abort=True)
+    try:
+        restore(database_url(settings()), path)
+    except BackupError as exc:
+        _fail(exc)
     err.print(f"[green]restored {path}[/]")
+
+
+def _fail(reason: object) -> NoReturn:
+    # One line on stderr and a non-zero exit; markup off, the reason may hold brackets.
+    err.print(f"error: {reason}", style="red", markup=False, highlight=False, soft_wrap=True)
+    raise typer.Exit(1)
 
 
 @db_cli.command("psql")
@@ -68,3 +86,38 @@ def db_psql() -> None:
     dsn = database_url(settings())
     psql = str(bin_path("psql"))
     os.execv(psql, [psql, dsn])  # noqa: S606 - replaces this process with psql
+
+
+@db_cli.command("check-pooler")
+def db_check_pooler(
+    pooler_url: Annotated[
+        str | None,
+        typer.Option(
+            help="The PgBouncer URL about to become DATABASE_URL (default: "
+            "DATABASE_URL when DB_POOL_MODE=pgbouncer)."
+        ),
+    ] = None,
+    instances: Annotated[
+        int, typer.Option(min=1, help="Processes that will connect (web + workers).")
+    ] = 1,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the findings as JSON.")] = False,
+) -> None:
+    """What would break behind PgBouncer in transaction mode; exit 1 if anything would."""
+    import asyncio
+    import json
+
+    from app.db.pooler_check import PoolerTarget, as_dicts, check_pooler, failed
+
+    current = settings()
+    if not current.database_url:
+        current = current.model_copy(update={"database_url": database_url(current)})
+    target = PoolerTarget.from_settings(current, pooler_url=pooler_url, instances=instances)
+    findings = asyncio.run(check_pooler(target))
+    if as_json:
+        typer.echo(json.dumps(as_dicts(findings), indent=2))
+    else:
+        colours = {"ok": "green", "info": "blue", "warn": "yellow", "error": "red"}
+        for finding in findings:
+            colour = colours.get(finding.status, "white")
+            err.print(f"[{colour}]{finding.status:>7}[/]  {finding.check}: {finding.detail}")
+    raise typer.Exit(1 if failed(findings) else 0)
