@@ -17,6 +17,7 @@ from app.deps import DatabaseDep
 from app.main import create_app
 from tests import replica
 from tests.auth_helpers import new_user
+from tests.conftest import TEST_SECRET_KEY
 from tests.helpers import eventually
 from tests.replica import ReplicaApp, Replication, StartApp, add_probe_route
 
@@ -110,6 +111,22 @@ async def test_a_writer_is_back_on_the_replica_once_it_replayed_the_write(
         caught_up = routed("replica", "caught_up")
         assert await served_by(writer) == {"replica": True, "tasks": before + 1}
     assert routed("replica", "caught_up") == caught_up + 1
+
+
+async def test_a_position_sent_as_a_header_counts_like_the_cookie(
+    replica_app: ReplicaApp,
+) -> None:
+    not_yet_written = routing.sign_position(TEST_SECRET_KEY, 2**62)
+    async with replica_app.client() as client:
+        response = await client.get("/test/read", headers={"X-Read-After": not_yet_written})
+    assert response.json()["replica"] is False
+
+
+async def test_a_position_the_server_did_not_sign_is_ignored(replica_app: ReplicaApp) -> None:
+    forged = routing.sign_position("not-the-server-key-" * 3, 2**62)
+    async with replica_app.client() as client:
+        response = await client.get("/test/read", headers={"X-Read-After": forged})
+    assert response.json()["replica"] is True
 
 
 # --- read-your-writes under lag ------------------------------------------------------------
