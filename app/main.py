@@ -23,6 +23,7 @@ from app.jobs.worker import Worker
 from app.observability.errors import install_error_handlers
 from app.observability.logging import configure_logging
 from app.observability.middleware import RequestMiddleware
+from app.observability.router import private_openapi_router
 from app.observability.router import router as health_router
 from app.pubsub.router import router as events_router
 from app.search.router import router as search_router
@@ -51,12 +52,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     await asyncio.gather(worker_task, return_exceptions=True)
                 del app.state.services
 
+    # API_DOCS_PUBLIC off (production's default): no /docs or /redoc, and /openapi.json
+    # only for an operator — the schema maps every route an attacker could try.
+    public_docs = bool(settings.api_docs_public)
     app = FastAPI(
         title="pgfirst",
         summary="A Postgres-only reference backend.",
         version="0.1.0",
         lifespan=lifespan,
+        openapi_url="/openapi.json" if public_docs else None,
+        docs_url="/docs" if public_docs else None,
+        redoc_url="/redoc" if public_docs else None,
     )
+    if not public_docs:
+        app.include_router(private_openapi_router)
     install_error_handlers(app)
     if settings.database_replica_urls:
         app.add_middleware(ReadYourWritesMiddleware)  # inside RequestMiddleware

@@ -67,7 +67,11 @@ def test_production_needs_a_database_url() -> None:
 
 def test_production_starts_with_its_own_secret_and_database() -> None:
     settings = load_settings(
-        env="production", secret_key=STRONG_SECRET, database_url="postgresql://db/app"
+        env="production",
+        secret_key=STRONG_SECRET,
+        database_url="postgresql://db/app",
+        mailer="smtp",
+        public_url="https://app.example.com",
     )
     assert settings.run_inline_worker is False
 

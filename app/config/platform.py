@@ -44,6 +44,16 @@ class RuntimeSettings(BaseModel):
     max_request_body_bytes: int = Field(
         1_048_576, ge=1024, description="Largest request body accepted; larger gets 413."
     )
+    metrics_public: bool | None = Field(
+        None,
+        description="Serve /metrics to anyone. Default: true except in production, where "
+        "a scraper sends OPS_TOKEN (or an admin's token) as a bearer token.",
+    )
+    api_docs_public: bool | None = Field(
+        None,
+        description="Serve /docs, /redoc and /openapi.json to anyone. Default: true except in "
+        "production, where only /openapi.json answers, to OPS_TOKEN or an admin's token.",
+    )
 
 
 class DatabaseSettings(BaseModel):

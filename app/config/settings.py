@@ -17,6 +17,9 @@ from app.config.common import DEVELOPMENT_SECRET_KEY, SettingsError
 from app.config.platform import BackendSettings, DatabaseSettings, RuntimeSettings
 from app.config.signals import SignalSettings
 
+# Fine on a laptop; in production, emailed links would point at no user's machine.
+DEFAULT_PUBLIC_URL: str = AuthSettings.model_fields["public_url"].default
+
 # In the order docs/settings.md lists them.
 GROUPS: tuple[type, ...] = (
     RuntimeSettings,
@@ -73,6 +76,9 @@ class Settings(
             raise ValueError("DB_POOL_MIN must not exceed DB_POOL_MAX")
         if self.jobs_inline_worker is None:
             object.__setattr__(self, "jobs_inline_worker", self.env == "development")
+        for exposure in ("metrics_public", "api_docs_public"):
+            if getattr(self, exposure) is None:
+                object.__setattr__(self, exposure, self.env != "production")
         needs_redis = [
             name
             for name in ("cache_backend", "pubsub_backend", "rate_limit_backend")
@@ -82,14 +88,32 @@ class Settings(
             flags = ", ".join(n.upper() for n in needs_redis)
             raise ValueError(f"{flags}=redis needs REDIS_URL")
         if self.env == "production":
-            secret = self.secret_key.get_secret_value()
-            if secret == DEVELOPMENT_SECRET_KEY:
-                raise ValueError("ENV=production refuses the development SECRET_KEY; set your own")
-            if len(secret) < 32:
-                raise ValueError("SECRET_KEY must be at least 32 characters in production")
-            if not self.database_url:
-                raise ValueError("ENV=production needs DATABASE_URL (no embedded server)")
+            problems = self._unsafe_in_production()
+            if problems:
+                raise ValueError("; ".join(problems))
         return self
+
+    def _unsafe_in_production(self) -> list[str]:
+        """What ENV=production refuses to start with, each naming the env var to set."""
+        problems: list[str] = []
+        secret = self.secret_key.get_secret_value()
+        if secret == DEVELOPMENT_SECRET_KEY:
+            problems.append("ENV=production refuses the development SECRET_KEY; set your own")
+        elif len(secret) < 32:
+            problems.append("SECRET_KEY must be at least 32 characters in production")
+        if not self.database_url:
+            problems.append("ENV=production needs DATABASE_URL (no embedded server)")
+        if self.mailer == "console":
+            # The console mailer logs each mail whole: password-reset links in the logs.
+            problems.append(
+                "ENV=production refuses MAILER=console (it logs reset links); set MAILER=smtp"
+            )
+        if self.public_url.rstrip("/") == DEFAULT_PUBLIC_URL:
+            problems.append(
+                "ENV=production needs PUBLIC_URL, the address emailed links point to "
+                f"(the default {DEFAULT_PUBLIC_URL} reaches no user)"
+            )
+        return problems
 
     @property
     def run_inline_worker(self) -> bool:
