@@ -27,7 +27,7 @@ WORKDIR /app
 COPY pyproject.toml uv.lock README.md ./
 RUN --mount=type=secret,id=extra_ca \
     if [ -s /run/secrets/extra_ca ]; then \
-        cat $(find /etc/ssl/certs -maxdepth 1 -name ca-certificates.crt) \
+        cat $(find /etc/ssl/certs -maxdepth 1 -name ca-certificates.crt 2>/dev/null) \
             /run/secrets/extra_ca >/tmp/ca.pem; \
         export SSL_CERT_FILE=/tmp/ca.pem PIP_CERT=/tmp/ca.pem; \
     fi; \
@@ -43,7 +43,7 @@ COPY migrations ./migrations
 # start would compile the app again.
 RUN --mount=type=secret,id=extra_ca \
     if [ -s /run/secrets/extra_ca ]; then \
-        cat $(find /etc/ssl/certs -maxdepth 1 -name ca-certificates.crt) \
+        cat $(find /etc/ssl/certs -maxdepth 1 -name ca-certificates.crt 2>/dev/null) \
             /run/secrets/extra_ca >/tmp/ca.pem; \
         export SSL_CERT_FILE=/tmp/ca.pem; \
     fi; \

@@ -58,6 +58,10 @@ def write_containers_conf(directory: Path) -> Path:
         'log_driver = "k8s-file"\n'
         "[engine]\n"
         'runtime = "runc"\n'
+        # Without systemd (CI containers) the systemd cgroup manager and journald fail;
+        # cgroupfs and a file work as root on any host.
+        'cgroup_manager = "cgroupfs"\n'
+        'events_logger = "file"\n'
     )
     return path
 
