@@ -193,3 +193,14 @@ async def test_image_holds_no_local_state(deployment: Deployment) -> None:
         "pyproject.toml",
         "uv.lock",
     }
+
+
+async def test_web_and_worker_exit_cleanly_on_sigterm(deployment: Deployment) -> None:
+    # Last in this module: it stops the containers. Fly and Docker stop with SIGTERM, and the
+    # app is PID 1 in the container, where only signals it handles itself have any effect.
+    podman = deployment.podman
+    await podman("stop", "--time", "30", deployment.web, deployment.worker)
+    codes = await podman(
+        "inspect", "--format", "{{.State.ExitCode}}", deployment.web, deployment.worker
+    )
+    assert codes.split() == ["0", "0"]
