@@ -28,6 +28,8 @@ from app.observability.router import router as health_router
 from app.pubsub.router import router as events_router
 from app.search.router import router as search_router
 from app.services import open_services
+from app.signals import ProcessReporter
+from app.signals.router import router as signals_router
 from app.stats.router import router as stats_router
 from app.tasks.router import router as tasks_router
 
@@ -40,6 +42,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with open_services(settings) as services:
             app.state.services = services
+            # HTTP, pool and cache signals live in this process: written where the
+            # advisor in any process reads them (app/signals/process.py).
+            reporter = ProcessReporter(services.db, services.cache, settings)
+            await reporter.start()
+            app.state.signal_reporter = reporter
             worker_task: asyncio.Task[None] | None = None
             if settings.run_inline_worker:
                 worker = Worker(services.jobs)
@@ -50,6 +57,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 if worker_task is not None:
                     worker.stop()
                     await asyncio.gather(worker_task, return_exceptions=True)
+                await reporter.stop()
                 del app.state.services
 
     # API_DOCS_PUBLIC off (production's default): no /docs or /redoc, and /openapi.json
@@ -79,6 +87,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         stats_router,
         events_router,
         jobs_router,
+        signals_router,
     ):
         app.include_router(router)
     return app

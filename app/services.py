@@ -50,6 +50,7 @@ from app.pubsub.jobs import pubsub_jobs
 from app.search import embedder
 from app.search.embedder import Embedder
 from app.search.jobs import search_jobs
+from app.signals.jobs import signal_jobs
 from app.stats.service import stats_jobs
 
 __all__ = ["Services", "current_services", "open_services"]
@@ -193,6 +194,7 @@ def builtin_jobs(services: Services) -> list[JobKind]:
         *token_jobs(services.auth),
         *search_jobs(db, services.embedder),
         *stats_jobs(db, settings),
+        *signal_jobs(db, settings),
     ]
 
 

@@ -31,6 +31,7 @@ PACKAGE_LAYER = {
     "tasks": "domain",
     "search": "domain",
     "stats": "domain",
+    "signals": "domain",
     "services": "services",
     "deps": "web",
     "main": "entry",

@@ -1,0 +1,174 @@
+"""Signals of the application processes, from their combined reports (process.py)."""
+
+from __future__ import annotations
+
+from app.config import Settings
+from app.signals.model import Signal, signal, unknown_signal
+from app.signals.process import Combined, count_above, quantile
+
+NO_PROCESS = "no web process reported in the last intervals: start `app serve` (or `app dev`)"
+
+
+def application_signals(c: Combined, s: Settings) -> list[Signal]:
+    window = round(c.window_seconds, 3)
+    if c.processes == 0:
+        return [
+            unknown_signal(key, unit, warn, critical, 0, NO_PROCESS)
+            for key, unit, warn, critical in _thresholds(s)
+        ]
+    few_requests = f"fewer than {s.signal_min_requests} requests in the window"
+    graded = c.requests >= s.signal_min_requests
+    p50 = quantile(c.http_buckets, 0.5)
+    p99 = quantile(c.http_buckets, 0.99)
+    slow = count_above(c.http_buckets, s.signal_slow_response_seconds)
+    pool_p99 = quantile(c.pool_buckets, 0.99)
+    reads = sum(c.cache.values())
+    hits = c.cache.get("hit", 0.0) + c.cache.get("l1_hit", 0.0)
+    hottest = c.hot_keys[0] if c.hot_keys else ("", 0.0)
+    latency = (
+        "requests are slow: find the slowest routes in /metrics "
+        "(http_request_duration_seconds), index their queries, cache their reads"
+    )
+    return [
+        signal(
+            "http.latency_p50",
+            _ms(p50) if graded else None,
+            "ms",
+            s.signal_http_p50_warn_ms,
+            s.signal_http_p50_critical_ms,
+            window,
+            fired=latency,
+            ok="typical requests are fast",
+            unknown=few_requests,
+        ),
+        signal(
+            "http.latency_p99",
+            _ms(p99) if graded else None,
+            "ms",
+            s.signal_http_p99_warn_ms,
+            s.signal_http_p99_critical_ms,
+            window,
+            fired=latency + "; if job work shares the process, JOBS_INLINE_WORKER=false",
+            ok="the slowest requests are fast enough",
+            flag="JOBS_INLINE_WORKER",
+            unknown=few_requests,
+        ),
+        signal(
+            "http.slow_responses",
+            slow,
+            "responses",
+            s.signal_slow_responses_warn,
+            s.signal_slow_responses_critical,
+            window,
+            fired=f"responses took over {s.signal_slow_response_seconds:g} s: move the slow "
+            "work into a job (app.jobs.enqueue) and answer at once",
+            ok=f"no response over {s.signal_slow_response_seconds:g} s",
+        ),
+        signal(
+            "http.error_rate",
+            round(c.errors / c.requests, 5) if graded else None,
+            "ratio",
+            s.signal_error_rate_warn,
+            s.signal_error_rate_critical,
+            window,
+            fired="server errors: read the 5xx in the logs (request ids) or Sentry",
+            ok="few server errors",
+            unknown=few_requests,
+            details=[f"{c.errors:.0f} of {c.requests:.0f} requests"],
+        ),
+        signal(
+            "db.pool_wait",
+            _ms(pool_p99) or 0.0,
+            "ms",
+            s.signal_pool_wait_ms,
+            s.signal_pool_wait_critical_ms,
+            window,
+            fired="requests wait for a pooled connection: raise DB_POOL_MAX if the server "
+            "has connections to spare, else pool them (DB_POOL_MODE=pgbouncer)",
+            ok="a pooled connection is there when asked for",
+            flag="DB_POOL_MODE",
+            details=[f"p99 wait; {c.pool_in_use:.0f} of {c.pool_max:.0f} in use now"],
+        ),
+        signal(
+            "cache.hit_ratio",
+            round(hits / reads, 4) if reads >= s.signal_min_requests else None,
+            "ratio",
+            s.signal_cache_hit_ratio_warn,
+            s.signal_cache_hit_ratio_critical,
+            window,
+            lower_is_worse=True,
+            fired="cache reads miss: check TTLs and invalidation of the busiest prefixes "
+            "(cache_reads in /metrics)",
+            ok="cache reads mostly hit",
+            unknown=f"fewer than {s.signal_min_requests} cache reads in the window",
+        ),
+        signal(
+            "cache.hot_keys",
+            hottest[1],
+            "reads/min",
+            s.signal_hot_key_reads_per_minute,
+            s.signal_hot_key_critical_reads_per_minute,
+            60,
+            fired="one key is read over and over: serve the cache from Redis "
+            "(CACHE_BACKEND=redis, REDIS_URL)",
+            ok="no key read often enough to matter",
+            flag="CACHE_BACKEND",
+            details=[f"{key}: {count:.0f} reads/min" for key, count in c.hot_keys[:5]],
+        ),
+        signal(
+            "host.cpu",
+            c.cpu_percent,
+            "percent",
+            s.signal_db_cpu_percent,
+            s.signal_db_cpu_critical_percent,
+            window,
+            fired="the host's CPU is busy: a larger machine, or split the worker onto "
+            "its own (JOBS_INLINE_WORKER=false)",
+            ok="CPU to spare",
+            unknown="/proc/stat is not readable here",
+        ),
+        signal(
+            "host.memory",
+            c.memory_percent,
+            "percent",
+            s.signal_memory_percent,
+            s.signal_memory_critical_percent,
+            0,
+            fired="memory runs short: lower WEB_CONCURRENCY or DB_POOL_MAX, or a larger machine",
+            ok="memory to spare",
+            unknown="/proc/meminfo is not readable here",
+        ),
+    ]
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 3)
+
+
+def _thresholds(s: Settings) -> list[tuple[str, str, float, float]]:
+    return [
+        ("http.latency_p50", "ms", s.signal_http_p50_warn_ms, s.signal_http_p50_critical_ms),
+        ("http.latency_p99", "ms", s.signal_http_p99_warn_ms, s.signal_http_p99_critical_ms),
+        (
+            "http.slow_responses",
+            "responses",
+            s.signal_slow_responses_warn,
+            s.signal_slow_responses_critical,
+        ),
+        ("http.error_rate", "ratio", s.signal_error_rate_warn, s.signal_error_rate_critical),
+        ("db.pool_wait", "ms", s.signal_pool_wait_ms, s.signal_pool_wait_critical_ms),
+        (
+            "cache.hit_ratio",
+            "ratio",
+            s.signal_cache_hit_ratio_warn,
+            s.signal_cache_hit_ratio_critical,
+        ),
+        (
+            "cache.hot_keys",
+            "reads/min",
+            s.signal_hot_key_reads_per_minute,
+            s.signal_hot_key_critical_reads_per_minute,
+        ),
+        ("host.cpu", "percent", s.signal_db_cpu_percent, s.signal_db_cpu_critical_percent),
+        ("host.memory", "percent", s.signal_memory_percent, s.signal_memory_critical_percent),
+    ]
