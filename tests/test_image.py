@@ -87,7 +87,7 @@ def _production_env(dsn: str, port: int) -> dict[str, str]:
         "DATABASE_URL": dsn,
         "SECRET_KEY": TEST_SECRET_KEY,
         "PORT": str(port),
-        "PUBLIC_URL": f"http://127.0.0.1:{port}",
+        "PUBLIC_URL": "https://pgfirst.example",
         # No SMTP server here: verification mails fail and retry; the test does not read them.
         "MAILER": "smtp",
         "SMTP_HOST": "127.0.0.1",
