@@ -39,5 +39,5 @@ def main() -> None:
     try:
         cli()
     except SettingsError as exc:
-        err.print(f"[red]{exc}[/red]")
+        err.print(f"[red]{exc}[/red]", soft_wrap=True)  # one line per line, unwrapped
         sys.exit(2)
