@@ -6,7 +6,10 @@ RATE_LIMIT_BACKEND:
 
 - ``postgres``: one upsert per hit on an UNLOGGED table (no WAL: counters need no crash
   safety), pruned by ``prune()``;
-- ``redis``: INCR + EXPIRE in one round trip on a key per window.
+- ``redis``: INCR + EXPIRE in one round trip on a key per window. While Redis cannot be
+  reached, hits are counted by the Postgres limiter instead (logged, and counted in
+  ``rate_limit_fallbacks_total``): the limits still hold, and signup and login never fail
+  because Redis is down. Counts restart in the other store when it switches.
 
 Flip to redis when rate-limit writes become a noticeable share of the database's writes
 (a credential-stuffing attack is exactly that).
@@ -15,12 +18,15 @@ Flip to redis when rate-limit writes become a noticeable share of the database's
 from __future__ import annotations
 
 import ipaddress
+import logging
 import time
 from dataclasses import dataclass
 from typing import Protocol
 
 from fastapi import Request
+from prometheus_client import Counter
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from app.config import Settings
 from app.db import Database
@@ -35,6 +41,11 @@ SET hits = CASE WHEN r.window_start = EXCLUDED.window_start THEN r.hits + 1 ELSE
 RETURNING hits, extract(epoch FROM window_start + make_interval(secs => $2) - now())
 """
 PRUNE = "DELETE FROM rate_limits WHERE window_start < now() - make_interval(secs => $1)"
+
+log = logging.getLogger(__name__)
+FALLBACKS = Counter(
+    "rate_limit_fallbacks", "Rate-limit hits counted in Postgres because Redis failed."
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,10 +80,19 @@ class PostgresRateLimiter:
 
 
 class RedisRateLimiter:
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, fallback: RateLimiter) -> None:
         self.redis = redis  # the services' client, shared with the other Redis backends
+        self.fallback = fallback
 
     async def hit(self, key: str, limit: int, window: int) -> Verdict:
+        try:
+            return await self._hit(key, limit, window)
+        except (RedisError, OSError) as exc:
+            FALLBACKS.inc()
+            log.warning("rate limit: Redis failed (%r); counting in Postgres", exc)
+            return await self.fallback.hit(key, limit, window)
+
+    async def _hit(self, key: str, limit: int, window: int) -> Verdict:
         now = time.time()
         window_no = int(now // window)
         redis_key = f"pgfirst:rl:{key}:{window_no}"
@@ -84,7 +104,8 @@ class RedisRateLimiter:
         return Verdict(int(hits) <= limit, retry_after)
 
     async def prune(self, older_than: int) -> int:
-        return 0  # keys expire on their own
+        # Redis keys expire on their own; what the fallback counted is pruned there.
+        return await self.fallback.prune(older_than)
 
     async def close(self) -> None:
         return None  # the client belongs to the services
@@ -95,7 +116,7 @@ def create_rate_limiter(settings: Settings, db: Database, redis: Redis | None) -
     if settings.rate_limit_backend == "redis":
         if redis is None:
             raise ValueError("RATE_LIMIT_BACKEND=redis needs a Redis client (REDIS_URL)")
-        return RedisRateLimiter(redis)
+        return RedisRateLimiter(redis, fallback=PostgresRateLimiter(db))
     return PostgresRateLimiter(db)
 
 
