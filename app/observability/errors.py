@@ -15,7 +15,7 @@ comes with validation failures (422) and lists each field's problem, without the
 ``error_responses(401, 404, ...)`` documents statuses a route can return in its OpenAPI
 operation with this model; ``document_errors`` (called when the OpenAPI document is built)
 replaces FastAPI's own 422 schema with it and adds what routes answer by construction:
-401 to a route behind the bearer scheme, 413 to one that takes a body, 500 to all.
+401 to a route behind the bearer scheme, 413 to one that takes a body, 400 and 500 to all.
 """
 
 from __future__ import annotations
@@ -44,7 +44,8 @@ class ErrorBody(BaseModel):
 
 
 STATUS_TEXT = {
-    400: "Bad request (a malformed or forged cursor or token)",
+    400: "Bad request: unreadable (a body that is not its JSON, an over-long URL) or a "
+    "malformed or forged cursor or token",
     401: "Missing, invalid or expired credentials",
     403: "Not allowed for this account",
     404: "Not found (or not yours)",
@@ -127,6 +128,9 @@ def document_errors(schema: dict[str, Any]) -> dict[str, Any]:
                 responses.setdefault("401", _error_response(401))
             if method in _BODY_METHODS and "requestBody" in operation:
                 responses.setdefault("413", _error_response(413))
+            # A request the server cannot read (bytes that are not the declared JSON, a
+            # request line over the HTTP parser's limit) is refused before any route runs.
+            responses.setdefault("400", _error_response(400))
             responses.setdefault("500", _error_response(500))
     return schema
 

@@ -33,7 +33,8 @@ async def search_tasks(
     services: ServicesDep,
     user: CurrentUser,
     conn: ReadConn,
-    q: Annotated[str, Query(min_length=1, max_length=10_000)],
+    # Longer is refused (422); what is searched is the first SEARCH_QUERY_MAX_CHARS of it.
+    q: Annotated[str, Query(min_length=1, max_length=1_000)],
     mode: Mode = "fulltext",
     limit: Annotated[int, Query(ge=1)] = 20,
 ) -> SearchResults:
