@@ -14,6 +14,9 @@
   (``tests/pooler.py``), DATABASE_DIRECT_URL to the server, DB_POOL_MODE=pgbouncer;
   ``redis`` — CACHE_BACKEND, PUBSUB_BACKEND and RATE_LIMIT_BACKEND all redis, the Redis
   emptied before each test (tests share it, and fresh databases reuse ids).
+  A mode pass runs only the tests that build their settings with ``make_settings`` (directly
+  or through ``settings``, ``app``, ``client``...): the others would run exactly as in the
+  main pass (a subprocess gets its own environment, a unit test has no settings).
 """
 
 from __future__ import annotations
@@ -269,6 +272,18 @@ def _flush_redis(url: str) -> None:
         client.flushdb()
     finally:
         client.close()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not TEST_MODE:
+        return
+    kept, deselected = [], []
+    for item in items:
+        uses_settings = "make_settings" in getattr(item, "fixturenames", ())
+        (kept if uses_settings else deselected).append(item)
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = kept
 
 
 # --- CI: nothing may be skipped ----------------------------------------------------------
