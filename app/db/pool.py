@@ -13,7 +13,11 @@ replica, health and lag) and ``app.db.routing`` (what the request and the client
 
 Every connection gets codecs for json/jsonb (orjson) and, once the extension exists, for
 pgvector's ``vector``. With ``DB_POOL_MODE=pgbouncer`` asyncpg's statement cache is off,
-since PgBouncer in transaction mode cannot keep server-side prepared statements per client.
+since PgBouncer in transaction mode cannot keep server-side prepared statements per client
+(before 1.21 not at all; docs/scaling.md), and the pool skips its reset query on release
+(``UNLISTEN *``, ``RESET ALL``...): through the pooler it would run on whichever server
+connection is free, resetting nothing of this client's — and pooled code keeps no session
+state (``app db check-pooler`` looks for it).
 
 The time spent waiting for a free connection is measured on every acquire: a pool that is
 too small shows up there (the "connection pool exhausted" signal) before it shows up as
@@ -222,6 +226,7 @@ async def create_pool(settings: Settings, dsn: str, *, min_size: int | None = No
         command_timeout=settings.db_command_timeout,
         statement_cache_size=0 if pgbouncer else 1024,
         init=_init_connection,
+        reset=_no_session_reset if pgbouncer else None,
         server_settings={"application_name": "pgfirst"},
     )
     assert pool is not None
@@ -244,6 +249,11 @@ async def _init_connection(conn: asyncpg.Connection[Record]) -> None:
     # Before the first migration the extension does not exist yet.
     if await conn.fetchval("SELECT to_regtype('vector') IS NOT NULL"):
         await register_vector(conn)
+
+
+async def _no_session_reset(conn: asyncpg.Connection[Record]) -> None:
+    # asyncpg still rolls back an open transaction before calling this.
+    return None
 
 
 def _jsonb_encode(value: Any) -> bytes:
