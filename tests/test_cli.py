@@ -19,10 +19,10 @@ def test_db_url_prints_the_configured_database(monkeypatch: pytest.MonkeyPatch) 
     assert result.stdout.strip() == "postgresql://user@db.internal/app"
 
 
-def test_signals_says_it_is_a_placeholder() -> None:
+def test_signals_is_the_scaling_advisor() -> None:
     result = runner.invoke(cli, ["signals", "--help"])
     assert result.exit_code == 0
-    assert "Placeholder" in result.stdout
+    assert "scaling advisor" in result.stdout
 
 
 async def test_invalid_settings_exit_2_with_the_reason() -> None:

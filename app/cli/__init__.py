@@ -7,7 +7,7 @@ app migrate             alembic upgrade head
 app db url|stop|psql|backup|restore    the database in use
 app jobs retry|cancel ID, app users create-admin EMAIL, app search reindex,
 app activity maintain   operations, each a call to the service that owns it
-app signals             the scaling advisor (arrives with the signals module)
+app signals [--json] [--since 1h] [--link]   the scaling advisor (docs/signals.md)
 
 Every command that touches the database opens the services (``common.run_with_services``)
 and calls the function of the package that owns the work; no SQL lives here.
@@ -19,7 +19,7 @@ import sys
 
 import typer
 
-from app.cli import database, operations, server, worker
+from app.cli import database, operations, server, signals, worker
 from app.cli.common import err
 from app.config import SettingsError
 
@@ -33,6 +33,7 @@ server.register(cli)
 worker.register(cli)
 database.register(cli)
 operations.register(cli)
+signals.register(cli)
 
 
 def main() -> None:

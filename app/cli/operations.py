@@ -1,4 +1,4 @@
-"""Operations on a running system: jobs, users, search, the activity log, signals.
+"""Operations on a running system: jobs, users, search, the activity log.
 
 Each command opens the services and calls the function of the package that owns the work.
 """
@@ -23,14 +23,6 @@ def register(cli: typer.Typer) -> None:
     cli.add_typer(users_cli, name="users")
     cli.add_typer(search_cli, name="search")
     cli.add_typer(activity_cli, name="activity")
-    cli.command()(signals)
-
-
-def signals() -> None:
-    """The scaling advisor's table. Placeholder until the signals module lands: it exits
-    with status 2 and says so."""
-    err.print("[yellow]app signals: the signals advisor is not part of this build yet[/]")
-    raise typer.Exit(2)
 
 
 @jobs_cli.command("retry")

@@ -55,6 +55,7 @@ STAGE_SIGNALS = {
 }
 STAGE_REQUESTS_PER_MINUTE = {3: 1_000.0, 2: 10.0}
 COUNTERS = ["statements.reads", "statements.total", "events.published"]
+NO_PREVIOUS = "a rate needs a recorded sample (pgfirst.sample_signals, every minute)"
 SESSION_LOCKS = """
 SELECT count(DISTINCT a.pid) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
 WHERE l.locktype = 'advisory' AND a.state = 'idle' AND a.datname = current_database()
@@ -131,7 +132,7 @@ async def _rate_signals(conn: Connection, s: Settings, *, record: bool) -> list[
         why = await dbs.statements_available(conn) or ""
         found.append(unknown_signal(key, "ratio", warn, critical, 0, why))
     elif total is None or reads is None:
-        found.append(unknown_signal(key, "ratio", warn, critical, 0, "needs a previous sample"))
+        found.append(unknown_signal(key, "ratio", warn, critical, 0, NO_PREVIOUS))
     else:
         per_second = total[0] / total[1]
         loaded = per_second >= s.signal_read_min_statements_per_second
@@ -182,7 +183,7 @@ async def _rate_signals(conn: Connection, s: Settings, *, record: bool) -> list[
             )
         )
     elif events is None:
-        found.append(unknown_signal(key, "events/s", warn, critical, 0, "needs a previous sample"))
+        found.append(unknown_signal(key, "events/s", warn, critical, 0, NO_PREVIOUS))
     else:
         found.append(
             signal(

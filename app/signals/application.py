@@ -125,7 +125,7 @@ def application_signals(c: Combined, s: Settings) -> list[Signal]:
             fired="the host's CPU is busy: a larger machine, or split the worker onto "
             "its own (JOBS_INLINE_WORKER=false)",
             ok="CPU to spare",
-            unknown="/proc/stat is not readable here",
+            unknown="/proc/stat is not readable here, or no clock tick passed in the window",
         ),
         signal(
             "host.memory",
