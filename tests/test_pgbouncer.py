@@ -243,3 +243,19 @@ def _env(**values: str) -> dict[str, str]:
     import os
 
     return {**os.environ, "ENV": "test", **values}
+
+
+async def test_behind_the_pooler_the_claim_loop_keeps_its_session_on_the_direct_url(
+    pooled: Callable[..., Settings], db_conn: asyncpg.Connection
+) -> None:
+    from app.jobs.worker import Worker
+
+    async with job_services(pooled()) as services:
+        worker = Worker(services.jobs, burst=True)
+        await worker.bookkeeper.claim(["default"], 10, [])
+        direct = await db_conn.fetchval(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND application_name = 'pgfirst-direct'"
+        )
+        await worker.bookkeeper.close()
+    assert direct == 2  # the notifier's LISTEN and the claim loop

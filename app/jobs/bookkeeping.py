@@ -3,9 +3,14 @@
 Each statement finds its rows by id and this worker's ``locked_by``, so a worker only ever
 touches the jobs it holds (a job rescued or cancelled meanwhile is left alone). Claims go
 through the worker's own connection, whose session pins the claim's plan and skips the WAL
-flush; behind PgBouncer (``DB_POOL_MODE=pgbouncer``), where sessions keep no settings, each
-claim is a pooled transaction with ``SET LOCAL`` instead. Completions and failures are
-pooled transactions with the same settings. Why: ``sql.py`` and docs/jobs.md.
+flush. That connection is a direct one (``Database.connect_direct``): behind PgBouncer
+(``DB_POOL_MODE=pgbouncer``) it goes to DATABASE_DIRECT_URL, beside the notifier's LISTEN —
+one server connection per worker process, which a claim loop keeps busy anyway, and a
+claim in one round trip instead of a pooled transaction's BEGIN, SET LOCAL, Parse, Bind
+and COMMIT (docs/benchmarks.md: half the drain rate). Without a direct URL, where sessions
+keep no settings, each claim is a pooled transaction with ``SET LOCAL`` instead.
+Completions and failures are pooled transactions with the same settings. Why: ``sql.py``
+and docs/jobs.md.
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ class Bookkeeper:
     async def claim(self, queues: list[str], limit: int, done: list[int]) -> list[Record]:
         """Record the successes ``done`` and lease up to ``limit`` jobs, in one statement."""
         args = (queues, limit, self.settings.jobs_lease_seconds, self.worker_id, done)
-        if self.settings.db_pool_mode == "pgbouncer":
+        if self.db.direct_url is None:  # behind PgBouncer without DATABASE_DIRECT_URL
             async with self.db.acquire() as conn, self.transaction(conn):
                 return await conn.fetch(sql.CLAIM, *args)
         conn = await self.claim_connection()
