@@ -11,7 +11,8 @@ free, so anything that lives in a *session* is lost or, worse, leaks to another 
   (the notifier's LISTEN, the claim connection's SET) go to DATABASE_DIRECT_URL, and are
   not reported;
 - LISTEN needs DATABASE_DIRECT_URL: without it the notifier polls (job pickup waits up to
-  JOBS_POLL_INTERVAL; pub/sub and cache invalidations arrive late);
+  JOBS_POLL_INTERVAL, the in-process cache tier is bypassed, the Postgres pub/sub broker
+  delivers no live events);
 - prepared statements: PgBouncer < 1.21 (or ``max_prepared_statements = 0``) cannot keep
   them, so asyncpg's statement cache must be off — which DB_POOL_MODE=pgbouncer does;
   pointing DATABASE_URL at a pooler with DB_POOL_MODE=direct fails under load with
@@ -266,7 +267,7 @@ async def _direct_findings(target: PoolerTarget) -> list[Finding]:
                 "direct URL",
                 "warn",
                 "no DATABASE_DIRECT_URL: no LISTEN, the notifier polls (job pickup waits up "
-                "to JOBS_POLL_INTERVAL; pub/sub and cache invalidations arrive late)",
+                "to JOBS_POLL_INTERVAL, no in-process cache tier, no live Postgres pub/sub)",
             )
         ]
     if await _pgbouncer_config(target.direct_url) is not None:
@@ -346,8 +347,9 @@ async def _server_size_findings(target: PoolerTarget, bouncer: dict[str, str]) -
         await conn.close()
     pool = int(bouncer.get("default_pool_size", "0") or 0)
     pool += int(bouncer.get("reserve_pool_size", "0") or 0)
-    # Each process keeps its notifier's LISTEN on a direct connection.
-    direct = target.instances
+    # Each process keeps its notifier's LISTEN on a direct connection, a worker its claim
+    # loop's session too.
+    direct = 2 * target.instances
     usable = limit - reserved
     status: Status = "error" if pool + direct > usable else "ok"
     return [
