@@ -259,3 +259,13 @@ async def test_behind_the_pooler_the_claim_loop_keeps_its_session_on_the_direct_
         )
         await worker.bookkeeper.close()
     assert direct == 2  # the notifier's LISTEN and the claim loop
+
+
+async def test_app_migrate_runs_on_the_direct_url_when_one_is_set(database_url: str) -> None:
+    # DATABASE_URL leads nowhere: only the direct URL can have been used.
+    code, stderr = await run_cli(
+        "migrate",
+        DATABASE_URL="postgresql://nobody@127.0.0.1:9/unreachable",
+        DATABASE_DIRECT_URL=database_url,
+    )
+    assert code == 0, stderr

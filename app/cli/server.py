@@ -66,8 +66,10 @@ def serve() -> None:
 def migrate(
     revision: Annotated[str, typer.Option(help="Target revision.")] = "head",
 ) -> None:
-    """Apply migrations (alembic upgrade) to the database in use."""
-    _migrate(database_url(settings()), revision)
+    """Apply migrations (alembic upgrade) to the database in use — on DATABASE_DIRECT_URL
+    when set: DDL and its session settings belong on the server itself, not a pooler."""
+    current = settings()
+    _migrate(current.database_direct_url or database_url(current), revision)
 
 
 def _migrate(dsn: str, revision: str = "head") -> None:
