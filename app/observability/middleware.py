@@ -4,7 +4,8 @@ It gives each request an id (a sane incoming ``X-Request-ID`` is kept, else a ne
 puts it in the logging context and the response, enforces the body size limit, adds
 security headers, records metrics by route *template* (``/api/tasks/{task_id}``, never the
 raw path, so label cardinality stays bounded), writes one access-log line, and turns an
-unhandled exception into the JSON 500 shape. Pure ASGI rather than BaseHTTPMiddleware:
+unhandled exception into the JSON 500 shape — or, when a backing service is away
+(``unavailable.py``), into a 503 with Retry-After. Pure ASGI rather than BaseHTTPMiddleware:
 streaming responses (SSE) pass through untouched and there is no extra task per request.
 """
 
@@ -25,6 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.observability.errors import RequestBodyTooLarge
 from app.observability.logging import request_id_var
 from app.observability.metrics import HTTP_REQUEST_SECONDS, HTTP_REQUESTS
+from app.observability.unavailable import RETRY_AFTER_SECONDS, is_unavailable
 
 log = logging.getLogger("app.access")
 
@@ -137,10 +139,22 @@ class RequestMiddleware:
             if response_started:
                 raise
             await _send_json(send_with_headers, exc.status_code, {"detail": exc.detail})
-        except Exception:
-            log.exception("unhandled error", extra={"path": scope.get("path")})
+        except Exception as exc:
             if response_started:
+                log.exception("unhandled error", extra={"path": scope.get("path")})
                 raise
+            if is_unavailable(exc):
+                log.warning(
+                    "service unavailable: %s: %s",
+                    type(exc).__name__,
+                    exc,
+                    extra={"path": scope.get("path")},
+                )
+                body = {"detail": "Service temporarily unavailable", "request_id": request_id}
+                retry = [(b"retry-after", str(RETRY_AFTER_SECONDS).encode())]
+                await _send_json(send_with_headers, 503, body, retry)
+                return
+            log.exception("unhandled error", extra={"path": scope.get("path")})
             body = {"detail": "Internal Server Error", "request_id": request_id}
             await _send_json(send_with_headers, 500, body)
         finally:
@@ -191,7 +205,9 @@ def _route_template(scope: Scope) -> str:
     return path if isinstance(path, str) else "unmatched"
 
 
-async def _send_json(send: Send, status: int, body: object) -> None:
+async def _send_json(
+    send: Send, status: int, body: object, extra: list[tuple[bytes, bytes]] | None = None
+) -> None:
     payload = orjson.dumps(body)
     await send(
         {
@@ -200,6 +216,7 @@ async def _send_json(send: Send, status: int, body: object) -> None:
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(payload)).encode()),
+                *(extra or ()),
             ],
         }
     )
