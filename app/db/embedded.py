@@ -33,6 +33,7 @@ import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal
 from urllib.parse import quote
 
 log = logging.getLogger(__name__)
@@ -99,14 +100,18 @@ class EmbeddedPostgres:
                 self._start()
         return self.dsn()
 
-    def stop(self) -> bool:
-        """Stop the server; return whether it was running."""
+    def stop(self, mode: Literal["smart", "fast", "immediate"] = "fast") -> bool:
+        """Stop the server; return whether it was running.
+
+        ``fast`` rolls back open transactions and checkpoints; ``immediate`` quits at once,
+        as a crash would, and the next start replays the WAL.
+        """
         if not (self.data_dir / "PG_VERSION").exists():
             return False
         with self._locked():
             if not self._running():
                 return False
-            self._pg_ctl("stop", "-m", "fast", "-w", "-t", str(START_TIMEOUT_SECONDS))
+            self._pg_ctl("stop", "-m", mode, "-w", "-t", str(START_TIMEOUT_SECONDS))
             return True
 
     def is_running(self) -> bool:

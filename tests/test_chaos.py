@@ -1,0 +1,114 @@
+"""Faults under load, the short form of scripts/chaos.py.
+
+Each test runs a real ``app serve`` process and ``app worker`` processes on a PostgreSQL
+server of this module's own (restarting the suite's shared one would break every other
+test), writes tasks over HTTP from a few users while an SSE client per user follows their
+events, injects one fault, and then checks what must hold after any fault: every answer
+was a 2xx or a 503 with Retry-After, every task that got a 2xx is in the database, every
+SSE client saw every task's event (resuming with Last-Event-ID where its stream ended),
+every job ran, and the app process is the one started before the fault.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from app.config import load_settings
+from app.db import migrate
+from app.db.embedded import EmbeddedPostgres
+from scripts.chaos import (
+    Fault,
+    Phase,
+    base_env,
+    kill_worker,
+    missing_writes,
+    phase,
+    restart_postgres,
+    terminate_listeners,
+    unfinished_jobs,
+    workers,
+)
+from scripts.streamkit import make_users
+
+USERS = 4
+
+
+@pytest.fixture(scope="module")
+def chaos_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
+    server = EmbeddedPostgres(Path(tmp_path_factory.mktemp("chaos")) / "pg", ephemeral=True)
+    migrate.upgrade(server.ensure_running())
+    try:
+        yield server
+    finally:
+        server.destroy()
+
+
+@pytest.fixture(scope="module")
+def chaos_env(chaos_postgres: EmbeddedPostgres) -> dict[str, str]:
+    return base_env(chaos_postgres.dsn())
+
+
+@pytest.fixture(scope="module")
+async def chaos_users(chaos_env: dict[str, str]) -> list[tuple[int, str]]:
+    settings = load_settings(**{key.lower(): value for key, value in chaos_env.items()})
+    return await make_users(USERS, "chaos-test", settings)
+
+
+@pytest.fixture
+async def running_workers(chaos_env: dict[str, str]) -> AsyncIterator[list[object]]:
+    async with workers(2, chaos_env) as processes:
+        yield processes  # type: ignore[misc]
+
+
+async def run_fault(env: dict[str, str], users: list[tuple[int, str]], fault: Fault) -> Phase:
+    return await phase(env, users, [fault], settle=2, warmup=1)
+
+
+def assert_nothing_lost(result: Phase) -> None:
+    [report] = result.reports
+    assert report.outcomes, "no requests were made during the fault"
+    assert not report.violations, [(o.route, o.status, o.detail) for o in report.violations]
+    assert result.events_missing == 0
+    assert result.same_process
+
+
+async def test_a_postgres_restart_answers_503_or_2xx_and_loses_nothing(
+    chaos_postgres: EmbeddedPostgres,
+    chaos_env: dict[str, str],
+    chaos_users: list[tuple[int, str]],
+) -> None:
+    result = await run_fault(
+        chaos_env,
+        chaos_users,
+        ("postgres restart, fast", lambda: restart_postgres(chaos_postgres, "fast")),
+    )
+    assert_nothing_lost(result)
+    assert await missing_writes(chaos_env["DATABASE_URL"], result.load) == 0
+
+
+async def test_a_killed_listen_connection_loses_no_event(
+    chaos_env: dict[str, str], chaos_users: list[tuple[int, str]]
+) -> None:
+    dsn = chaos_env["DATABASE_URL"]
+    result = await run_fault(
+        chaos_env, chaos_users, ("LISTEN killed", lambda: terminate_listeners(dsn))
+    )
+    assert_nothing_lost(result)
+    assert result.reports[0].note != "0 LISTEN connections terminated"
+
+
+async def test_every_job_runs_after_a_worker_is_killed_mid_queue(
+    chaos_env: dict[str, str],
+    chaos_users: list[tuple[int, str]],
+    running_workers: list[object],
+) -> None:
+    result = await run_fault(
+        chaos_env,
+        chaos_users,
+        ("worker SIGKILL", lambda: kill_worker(running_workers, chaos_env)),  # type: ignore[arg-type]
+    )
+    assert_nothing_lost(result)
+    assert await unfinished_jobs(chaos_env["DATABASE_URL"], within=30) == {}
