@@ -90,28 +90,26 @@ class Settings(
         if self.env == "production":
             problems = self._unsafe_in_production()
             if problems:
-                raise ValueError("; ".join(problems))
+                raise ValueError("ENV=production refuses:\n    " + "\n    ".join(problems))
         return self
 
     def _unsafe_in_production(self) -> list[str]:
-        """What ENV=production refuses to start with, each naming the env var to set."""
+        """What ENV=production refuses to start with, one line per variable to set."""
         problems: list[str] = []
         secret = self.secret_key.get_secret_value()
         if secret == DEVELOPMENT_SECRET_KEY:
-            problems.append("ENV=production refuses the development SECRET_KEY; set your own")
+            problems.append("SECRET_KEY: the development SECRET_KEY is public; set your own")
         elif len(secret) < 32:
-            problems.append("SECRET_KEY must be at least 32 characters in production")
+            problems.append("SECRET_KEY: must be at least 32 characters in production")
         if not self.database_url:
-            problems.append("ENV=production needs DATABASE_URL (no embedded server)")
+            problems.append("DATABASE_URL: required (no embedded server in production)")
         if self.mailer == "console":
             # The console mailer logs each mail whole: password-reset links in the logs.
-            problems.append(
-                "ENV=production refuses MAILER=console (it logs reset links); set MAILER=smtp"
-            )
+            problems.append("MAILER: console writes reset links to the logs; set MAILER=smtp")
         if self.public_url.rstrip("/") == DEFAULT_PUBLIC_URL:
             problems.append(
-                "ENV=production needs PUBLIC_URL, the address emailed links point to "
-                f"(the default {DEFAULT_PUBLIC_URL} reaches no user)"
+                f"PUBLIC_URL: the default {DEFAULT_PUBLIC_URL} reaches no user; "
+                "set the address emailed links point to"
             )
         return problems
 
