@@ -19,10 +19,11 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
+from app.db.migrate import MIGRATION_LOCK_KEY
+
 config = context.config
 
 # Arbitrary constant shared by every process that migrates this schema.
-MIGRATION_LOCK_KEY = 0x70676669727374  # "pgfirst"
 
 
 def _dsn() -> str:

@@ -60,6 +60,10 @@ def alembic_config(dsn: str) -> Config:
     return config
 
 
+# The key migrations/env.py holds while migrating (pg_advisory_xact_lock): "pgfirst".
+MIGRATION_LOCK_KEY = 0x70676669727374
+
+
 def upgrade(dsn: str, revision: str = "head", settings: Settings | None = None) -> None:
     """Blocking; run it before the loop starts or via ``asyncio.to_thread``."""
     check_prerequisites(dsn)
@@ -116,11 +120,18 @@ async def _missing_prerequisites(dsn: str, extensions: dict[str, str]) -> list[s
 
 
 async def _create_refused(conn: Connection, extension: str) -> str | None:
-    """Why this role may not create ``extension`` (None: it may), leaving nothing behind."""
+    """Why this role may not create ``extension`` (None: it may), leaving nothing behind.
+
+    The try takes the migrations' advisory lock first: another process migrating or
+    checking at the same moment would otherwise make this CREATE collide with its own.
+    """
     transaction = conn.transaction()
     await transaction.start()
     try:
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK_KEY)
         await conn.execute(f'CREATE EXTENSION IF NOT EXISTS "{extension}"')
+    except asyncpg.UniqueViolationError:
+        return None  # created by someone else meanwhile: it exists, which is what counts
     except asyncpg.PostgresError as exc:
         return str(exc).splitlines()[0]
     finally:
