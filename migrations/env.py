@@ -23,8 +23,6 @@ from app.db.migrate import MIGRATION_LOCK_KEY
 
 config = context.config
 
-# Arbitrary constant shared by every process that migrates this schema.
-
 
 def _dsn() -> str:
     dsn = config.attributes.get("dsn")
