@@ -11,17 +11,20 @@ every job ran, and the app process is the one started before the fault.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+import asyncio
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from app.config import load_settings
+from app.config import Settings, load_settings
 from app.db import migrate
 from app.db.embedded import EmbeddedPostgres
+from app.services import open_services
 from scripts.chaos import (
     Fault,
     Phase,
+    RedisServer,
     base_env,
     kill_worker,
     missing_writes,
@@ -31,7 +34,7 @@ from scripts.chaos import (
     unfinished_jobs,
     workers,
 )
-from scripts.streamkit import make_users
+from scripts.streamkit import free_port, make_users
 
 USERS = 4
 
@@ -112,3 +115,22 @@ async def test_every_job_runs_after_a_worker_is_killed_mid_queue(
     )
     assert_nothing_lost(result)
     assert await unfinished_jobs(chaos_env["DATABASE_URL"], within=30) == {}
+
+
+async def test_an_event_committed_while_redis_is_away_reaches_subscribers_once_it_is_back(
+    tmp_path: Path, make_settings: Callable[..., Settings]
+) -> None:
+    redis = RedisServer(free_port(), tmp_path)  # its own: stopping the suite's would break others
+    redis.start()
+    try:
+        settings = make_settings(pubsub_backend="redis", redis_url=redis.url)
+        async with open_services(settings) as services:
+            subscription = await services.broker.subscribe(["chaos:redis-away"])
+            await asyncio.to_thread(redis.stop)
+            async with services.db.transaction() as conn:
+                await services.broker.publish("chaos:redis-away", {"n": 1}, conn=conn)
+            await asyncio.to_thread(redis.start)
+            event = await asyncio.wait_for(anext(subscription), 30)
+            assert event.payload == {"n": 1}
+    finally:
+        redis.stop()

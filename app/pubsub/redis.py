@@ -6,7 +6,12 @@ PUBLISH ``"<id> <payload>"`` for live delivery. Ids come from one sequence insid
 they are strictly in delivery order and replay by id is exact. Payloads have no 8 KB limit.
 
 ``publish(conn=...)`` keeps the Postgres contract — delivered on commit, never on rollback —
-by deferring the Redis call until the ``db.transaction()`` holding ``conn`` commits.
+by deferring the Redis call until the ``db.transaction()`` holding ``conn`` commits. The
+data is committed by then, so its event must follow even when Redis is away: a publish that
+fails there is held in memory (at most PENDING_MAX events, oldest dropped beyond that) and
+retried in order with backoff until Redis answers. It then gets an id larger than any
+delivered meanwhile, so clients resuming by id miss nothing; only a process that exits
+while holding events loses them.
 
 Live events arrive through the process's Redis notifier (one subscriber connection shared
 with the cache); when it reports a reconnect, the broker replays the gap from the streams.
@@ -14,7 +19,9 @@ with the cache); when it reports a reconnect, the broker replays the gap from th
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections import deque
 from typing import Any
 
 import orjson
@@ -33,6 +40,9 @@ KEY_PREFIX = "pgfirst:events:"
 SEQUENCE_KEY = "pgfirst:events-seq"
 CHANNEL_PREFIX = "pgfirst."
 STREAM_MAX_LEN = 10_000
+PENDING_MAX = 10_000  # committed events held while Redis is away
+RETRY_FIRST_DELAY = 0.1
+RETRY_MAX_DELAY = 2.0
 
 PUBLISH_SCRIPT = """
 local id = redis.call('INCR', KEYS[1])
@@ -64,21 +74,54 @@ class RedisBroker(NotifiedBroker):
         self.retention_seconds = retention_seconds
         self.stream_max_len = stream_max_len
         self._publish = redis.register_script(PUBLISH_SCRIPT)
+        self._pending: deque[tuple[str, str]] = deque(maxlen=PENDING_MAX)
+        self._retrier: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         self._watch_notifier()
 
     async def stop(self) -> None:
-        await self._stop_delivery()
+        if self._pending:
+            log.error("pubsub: stopping with %d events Redis never took", len(self._pending))
+        await self._stop_delivery(self._retrier)
 
     async def publish(
         self, channel: str, payload: dict[str, Any], *, conn: Connection | None = None
     ) -> int | None:
         body = orjson.dumps(payload).decode()
         if conn is not None and in_caller_transaction(self.db, conn):
-            self.db.after_commit(conn, lambda: self._publish_now(channel, body))
+            self.db.after_commit(conn, lambda: self._publish_committed(channel, body))
             return None
         return await self._publish_now(channel, body)
+
+    async def _publish_committed(self, channel: str, body: str) -> None:
+        if not self._pending:  # else behind the held ones, to keep their order
+            try:
+                await self._publish_now(channel, body)
+                return
+            except self.replay_errors as exc:
+                log.warning("pubsub: Redis unavailable (%s); holding events until it is back", exc)
+        if len(self._pending) == PENDING_MAX:
+            log.error("pubsub: %d events held for Redis; dropping the oldest", PENDING_MAX)
+        self._pending.append((channel, body))
+        if self._retrier is None:
+            self._retrier = asyncio.get_running_loop().create_task(self._publish_pending())
+
+    async def _publish_pending(self) -> None:
+        delay = RETRY_FIRST_DELAY
+        try:
+            while self._pending:
+                channel, body = self._pending[0]
+                try:
+                    await self._publish_now(channel, body)
+                except self.replay_errors:
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, RETRY_MAX_DELAY)
+                    continue
+                self._pending.popleft()
+                delay = RETRY_FIRST_DELAY
+        finally:
+            self._retrier = None
 
     async def _publish_now(self, channel: str, body: str) -> int:
         keys = [SEQUENCE_KEY, KEY_PREFIX + channel, CHANNEL_PREFIX + channel]
