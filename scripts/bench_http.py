@@ -127,6 +127,7 @@ def serve(dsn: str, **env: str) -> tuple[subprocess.Popen[bytes], str]:
         "PORT": str(port),
         "LOG_LEVEL": "WARNING",
         "MAILER": "memory",
+        "PUBLIC_URL": "https://bench.example.com",
         "JOBS_INLINE_WORKER": "false",
         "RATE_LIMIT_LOGIN_PER_IP": "100000000",
         "RATE_LIMIT_LOGIN_PER_EMAIL": "100000000",
@@ -271,13 +272,18 @@ async def prepare_users(base: str, users: int, tasks_each: int = 20) -> list[str
     limits = httpx.Limits(max_connections=16)
     async with httpx.AsyncClient(base_url=base, timeout=60, limits=limits) as client:
         gate = asyncio.Semaphore(16)
+        # Signup and login hash a password: no more at once than the server hashes
+        # (PASSWORD_HASH_CONCURRENCY), or a busy machine answers 503 after the wait.
+        hashing = asyncio.Semaphore(2)
 
         async def one(n: int) -> str:
             async with gate:
                 credentials = {"email": f"user{n}@example.com", "password": PASSWORD}
-                (await client.post("/api/auth/signup", json=credentials)).raise_for_status()
-                login = await client.post("/api/auth/login", json=credentials)
-                login.raise_for_status()
+                async with hashing:
+                    signup = await client.post("/api/auth/signup", json=credentials)
+                    signup.raise_for_status()
+                    login = await client.post("/api/auth/login", json=credentials)
+                    login.raise_for_status()
                 token = str(login.json()["access_token"])
                 headers = {"Authorization": f"Bearer {token}"}
                 project = await client.post(
