@@ -29,11 +29,11 @@ with ``pg_basebackup -R`` (``app.db.embedded_replica``), both on this machine.
 - ``pgbouncer``: PgBouncer (the installed one; Debian 12: 1.18) in transaction mode in front
   of the primary (``app.db.embedded_pgbouncer``). Per call in one process, direct vs
   DB_POOL_MODE=pgbouncer (statement cache off, no reset on release): a primary-key read
-  and a one-row UPDATE in a transaction; the drain of ``--jobs`` no-op jobs by one burst
-  worker, direct, behind the pooler with DATABASE_DIRECT_URL (the claim loop on its own
-  direct connection) and without it (each claim a pooled transaction with ``SET LOCAL``);
-  and `wrk` on GET /api/activity and GET /api/search against two
-  `app serve` processes, one direct and one through the pooler.
+  and a one-row UPDATE in a transaction; and `wrk` on GET /api/activity and
+  GET /api/search against two `app serve` processes, one direct and one through the pooler.
+- ``drain``: ``--jobs`` no-op jobs emptied by one burst worker (10 at a time), direct,
+  behind the same PgBouncer with DATABASE_DIRECT_URL (the claim loop on its own direct
+  session) and without it (each claim a pooled transaction with ``SET LOCAL``).
 
 Prints medians of the repeats. On 2 cores the replica shares the CPU with the primary, the
 app and wrk, so a replica adds no capacity here; see docs/benchmarks.md for what changes
@@ -385,31 +385,15 @@ async def _drain(dsn: str, jobs: int, **overrides: object) -> float:
 
 
 def pgbouncer_cost(
-    pair: Cluster, duration: int, repeats: int, iterations: int, blocks: int, jobs: int
+    pair: Cluster, duration: int, repeats: int, iterations: int, blocks: int
 ) -> None:
-    """What DB_POOL_MODE=pgbouncer costs: per call, per HTTP request, per drained job."""
+    """What DB_POOL_MODE=pgbouncer costs: per call and per HTTP request."""
     with pooler(pair) as pooled_url:
         figures = asyncio.run(_pooled_calls(pair, pooled_url, iterations, blocks))
         print(f"\npgbouncer: medians of {blocks} interleaved blocks of {iterations} calls")
         print(f"{'call':<50}{'µs/call':>10}")
         for name, value in figures.items():
             print(f"{name:<50}{value:>10.1f}")
-
-        drain_setups: dict[str, tuple[str, dict[str, object]]] = {
-            "direct": (pair.primary_url, {}),
-            "pgbouncer, claims on DATABASE_DIRECT_URL": (
-                pooled_url,
-                {"db_pool_mode": "pgbouncer", "database_direct_url": pair.primary_url},
-            ),
-            "pgbouncer, no direct URL: pooled claims": (pooled_url, {"db_pool_mode": "pgbouncer"}),
-        }
-        drains: dict[str, list[float]] = {label: [] for label in drain_setups}
-        for _ in range(repeats):
-            for label, (dsn, overrides) in drain_setups.items():
-                drains[label].append(asyncio.run(_drain(dsn, jobs, **overrides)))
-        print(f"\njobs drain, {jobs} no-op jobs, one burst worker (10 at a time), medians")
-        for label, rates in drains.items():
-            print(f"{label:<50}{statistics.median(rates):>10.0f} jobs/s")
 
         plain, plain_url = serve(pair.primary_url)
         pooled, pooled_base = serve(
@@ -437,9 +421,29 @@ def pgbouncer_cost(
         print(f"{route:<20}{setup:<12}{rps:>9.0f}{p50:>9.1f}{p99:>9.1f}  {runs[-1]['statuses']}")
 
 
+def drain_cost(pair: Cluster, repeats: int, jobs: int) -> None:
+    """jobs/s of one burst worker: direct, behind PgBouncer with and without a direct URL."""
+    with pooler(pair) as pooled_url:
+        drain_setups: dict[str, tuple[str, dict[str, object]]] = {
+            "direct": (pair.primary_url, {}),
+            "pgbouncer, claims on DATABASE_DIRECT_URL": (
+                pooled_url,
+                {"db_pool_mode": "pgbouncer", "database_direct_url": pair.primary_url},
+            ),
+            "pgbouncer, no direct URL: pooled claims": (pooled_url, {"db_pool_mode": "pgbouncer"}),
+        }
+        drains: dict[str, list[float]] = {label: [] for label in drain_setups}
+        for _ in range(repeats):
+            for label, (dsn, overrides) in drain_setups.items():
+                drains[label].append(asyncio.run(_drain(dsn, jobs, **overrides)))
+        print(f"\njobs drain, {jobs} no-op jobs, one burst worker (10 at a time), medians")
+        for label, rates in drains.items():
+            print(f"{label:<50}{statistics.median(rates):>10.0f} jobs/s")
+
+
 # --- main --------------------------------------------------------------------------------
 
-PARTS = ("replicas", "routing", "pgbouncer")
+PARTS = ("replicas", "routing", "pgbouncer", "drain")
 
 
 def main() -> None:
@@ -449,7 +453,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--iterations", type=int, default=1000)
     parser.add_argument("--blocks", type=int, default=15)
-    parser.add_argument("--jobs", type=int, default=20_000, help="jobs drained (pgbouncer)")
+    parser.add_argument("--jobs", type=int, default=20_000, help="jobs drained (drain)")
     options = parser.parse_args()
     parts = options.parts.split(",")
     if unknown := set(parts) - set(PARTS):
@@ -464,13 +468,10 @@ def main() -> None:
             routing_overhead(pair, options.iterations, options.blocks)
         if "pgbouncer" in parts:
             pgbouncer_cost(
-                pair,
-                options.duration,
-                options.repeats,
-                options.iterations,
-                options.blocks,
-                options.jobs,
+                pair, options.duration, options.repeats, options.iterations, options.blocks
             )
+        if "drain" in parts:
+            drain_cost(pair, options.repeats, options.jobs)
 
 
 if __name__ == "__main__":
