@@ -31,6 +31,7 @@ import argparse
 import asyncio
 import logging
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -164,7 +165,11 @@ class Load:
 
 @dataclass
 class Follower:
-    """One SSE client of a user: every task.created it saw, resuming after each end."""
+    """One SSE client of a user: every task.created it saw, resuming after each end.
+
+    It also hangs up by itself after 2-6 s and comes back with Last-Event-ID, as clients
+    on flaky networks do, so that resuming is exercised in the middle of every fault.
+    """
 
     host: str
     port: int
@@ -188,12 +193,13 @@ class Follower:
                 await asyncio.sleep(0.5)
                 continue
             try:
-                async for frame in sse_frames(stream):
-                    if frame.id is not None:
-                        self.last_id = frame.id
-                    if frame.event == "task.created":
-                        self.seen.add(int(payload(frame)["id"]))  # type: ignore[call-overload]
-            except (OSError, asyncio.IncompleteReadError, ValueError):
+                async with asyncio.timeout(random.uniform(2, 6)):
+                    async for frame in sse_frames(stream):
+                        if frame.id is not None:
+                            self.last_id = frame.id
+                        if frame.event == "task.created":
+                            self.seen.add(int(payload(frame)["id"]))  # type: ignore[call-overload]
+            except (OSError, asyncio.IncompleteReadError, ValueError, TimeoutError):
                 pass
             finally:
                 stream.close()
@@ -224,12 +230,13 @@ class FaultReport:
 
     def line(self) -> str:
         statuses = Counter(str(o.status or "no answer") for o in self.outcomes)
-        longest = max((o.elapsed for o in self.outcomes), default=0.0)
+        elapsed = sorted(o.elapsed for o in self.outcomes) or [0.0]
+        p99, longest = elapsed[int(0.99 * (len(elapsed) - 1))], elapsed[-1]
         shown = ", ".join(f"{status}: {count}" for status, count in sorted(statuses.items()))
         return (
             f"{self.name:<28} {len(self.outcomes):>6} requests ({shown}); fault "
             f"{self.fault_seconds:.1f} s; recovered {self.recovery:.1f} s after it began; "
-            f"longest request {longest:.2f} s; violations {len(self.violations)}"
+            f"p99 {p99:.2f} s, longest {longest:.2f} s; violations {len(self.violations)}"
             + (f"; {self.note}" if self.note else "")
             + (f"; task events lost: {self.events_lost}" if self.events_lost else "")
         )
@@ -445,6 +452,32 @@ async def unfinished_jobs(dsn: str, within: float) -> dict[str, int]:
         await conn.close()
 
 
+JOB_FIGURES = """
+SELECT
+    count(*) FILTER (WHERE name = $1) AS filled,
+    extract(epoch FROM max(finished_at) FILTER (WHERE name = $1)
+                     - min(created_at) FILTER (WHERE name = $1)) AS fill_drained_in,
+    count(*) FILTER (WHERE name <> $1) AS others,
+    count(*) FILTER (WHERE attempt > 1) AS run_again
+FROM jobs
+"""
+
+
+async def job_figures(dsn: str) -> str:
+    """The filler's drain time and how many jobs ran more than once (rescued leases)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        row = await conn.fetchrow(JOB_FIGURES, NOOP_JOB)
+    finally:
+        await conn.close()
+    assert row is not None
+    drained = f"{row['fill_drained_in']:.0f} s" if row["fill_drained_in"] is not None else "-"
+    return (
+        f"{row['filled']} filler jobs, enqueue to last one done {drained}; "
+        f"{row['others']} other jobs; {row['run_again']} ran more than once"
+    )
+
+
 async def eventually_no_gaps(load: Load, followers: dict[int, Follower], within: float) -> int:
     for _ in range(int(within / 0.2)):
         if not gaps(load, followers):
@@ -570,6 +603,7 @@ async def run(options: argparse.Namespace) -> bool:
             drain_started = time.monotonic()
             jobs_left = await unfinished_jobs(dsn, within=600)
             drained_in = time.monotonic() - drain_started
+            print(await job_figures(dsn))
         lost = await missing_writes(dsn, pg_phase.load) + await missing_writes(
             dsn, redis_phase.load
         )
