@@ -356,6 +356,32 @@ async def test_an_l1_copy_lives_at_most_the_l1_ttl(
     assert await cache.get("k") is None
 
 
+async def test_get_many_keeps_what_it_read_in_l1(new_cache: CacheFactory) -> None:
+    cache = await new_cache()
+    backend = cache.backend
+    assert backend is not None
+    assert cache.health() == ("listening", True)
+    await backend.set_many({"many:1": b"1", "many:2": b"2"}, 60, "")  # not through L1
+    assert await cache.get_many(["many:1", "many:2", "many:3"]) == {"many:1": 1, "many:2": 2}
+    # Gone from the backend with no announcement: only L1 can still answer.
+    assert await backend.delete(["many:1", "many:2"], "") == 2
+    assert await cache.get_many(["many:1", "many:2"]) == {"many:1": 1, "many:2": 2}
+    assert cache.reads[("many", "l1_hit")] == 2
+
+
+async def test_get_many_keeps_nothing_past_the_backend_expiry(
+    clocked_cache: tuple[Cache, ManualClock],
+) -> None:
+    cache, clock = clocked_cache
+    assert cache.backend is not None
+    await cache.backend.set_many({"short:1": b"1"}, 2, "")
+    assert await cache.get_many(["short:1"]) == {"short:1": 1}
+    assert await cache.backend.delete(["short:1"], "") == 1
+    assert await cache.get_many(["short:1"]) == {"short:1": 1}  # from L1
+    clock.advance(2.5)  # past the 2 s the backend had left, within the L1 TTL
+    assert await cache.get_many(["short:1"]) == {}
+
+
 async def test_an_unreachable_redis_is_a_miss_not_an_error(
     make_settings: Callable[..., Settings], start_cache: StartCache
 ) -> None:

@@ -133,7 +133,8 @@ class Cache:
         return found[0]
 
     async def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
-        """The keys that are present, with their values (one backend round trip)."""
+        """The keys that are present, with their values (one backend round trip for those
+        not in L1, which then keeps them as ``get`` would)."""
         accounting = self._accounting
         found: dict[str, Any] = {}
         wanted: list[str] = []
@@ -144,7 +145,10 @@ class Cache:
             else:
                 accounting.tally(key, "l1_hit")
                 found[key] = value
-        if wanted:
+        if not wanted:
+            return found
+        l1 = self._l1
+        if not l1.serving:
             raw = await self._call("get", lambda backend: backend.get_many(wanted), {})
             for key in wanted:
                 if key in raw:
@@ -152,6 +156,17 @@ class Cache:
                     found[key] = orjson.loads(raw[key])
                 else:
                     accounting.tally(key, "miss")
+            return found
+        generation = l1.generation
+        rows = await self._call("get", lambda backend: backend.get_many_with_ttl(wanted), {})
+        for key in wanted:
+            row = rows.get(key)
+            if row is None:
+                accounting.tally(key, "miss")
+                continue
+            accounting.tally(key, "hit")
+            value = found[key] = orjson.loads(row[0])
+            l1.fill(key, value, row[1], generation)
         return found
 
     async def _fetch(self, key: str, *, with_ttl: bool = True) -> Any:

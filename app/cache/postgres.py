@@ -42,6 +42,10 @@ GET_MANY = """
 SELECT key, value FROM cache_entries
 WHERE key = ANY($1::text[]) AND (expires_at IS NULL OR expires_at > now())
 """
+GET_MANY_WITH_TTL = """
+SELECT key, value, extract(epoch FROM expires_at - now())::float8 AS ttl FROM cache_entries
+WHERE key = ANY($1::text[]) AND (expires_at IS NULL OR expires_at > now())
+"""
 # The NOTIFY rides in the same statement: a data-modifying CTE always runs to completion,
 # and an empty channel name ($4 = '') skips the notification.
 SET = """
@@ -202,6 +206,10 @@ class PostgresCacheBackend:
     async def get_many(self, keys: list[str]) -> dict[str, bytes]:
         rows = await self.pool.fetch(GET_MANY, keys)
         return {row[0]: row[1] for row in rows}
+
+    async def get_many_with_ttl(self, keys: list[str]) -> dict[str, tuple[bytes, float | None]]:
+        rows = await self.pool.fetch(GET_MANY_WITH_TTL, keys)
+        return {row[0]: (row[1], row[2]) for row in rows}
 
     # --- writes (each may announce an invalidation) --------------------------------------
 

@@ -77,6 +77,19 @@ class RedisCacheBackend:
             if value is not None
         }
 
+    async def get_many_with_ttl(self, keys: list[str]) -> dict[str, tuple[bytes, float | None]]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.get(NAMESPACE + key)
+                pipe.pttl(NAMESPACE + key)
+            replies = await pipe.execute()
+        found: dict[str, tuple[bytes, float | None]] = {}
+        for key, value, pttl in zip(keys, replies[::2], replies[1::2], strict=True):
+            if value is not None:
+                raw = value if isinstance(value, bytes) else value.encode()
+                found[key] = raw, (None if pttl < 0 else pttl / 1000)
+        return found
+
     # --- writes --------------------------------------------------------------------------
 
     async def set(self, key: str, value: bytes, ttl: float | None, announce: str) -> None:
