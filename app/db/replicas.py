@@ -9,8 +9,9 @@ runs every DATABASE_REPLICA_CHECK_INTERVAL seconds. Per replica it measures
 
 A replica that does not answer, is not in recovery, or lags past
 DATABASE_REPLICA_MAX_LAG_SECONDS or DATABASE_REPLICA_MAX_LAG_BYTES leaves the rotation
-until a check finds it fit again. Byte lag is what catches a replica cut off from its
-primary: it has replayed all it received, so its seconds read 0.
+until a check finds it fit again (lag must be seen by two checks in a row). Byte lag is
+what catches a replica cut off from its primary: it has replayed all it received, so its
+seconds read 0.
 
 ``acquire_read`` picks the next fit replica round robin. When the request carries a WAL
 position (read-your-writes, ``app.db.routing``), the replica must have replayed that far:
@@ -77,6 +78,7 @@ class Replica:
     replay_lsn: int | None = None
     lag_bytes: int | None = None
     lag_seconds: float | None = None
+    lagging_checks: int = 0
     problem: str | None = UNCHECKED
 
 
@@ -203,19 +205,24 @@ class ReplicaSet:
         if replica.lag_bytes is not None:
             DB_REPLICA_LAG_BYTES.labels(replica.name).set(replica.lag_bytes)
         settings = self.settings
-        if not row["in_recovery"]:
-            problem: str | None = "not in recovery (promoted, or not a replica)"
-        elif replica.lag_seconds is not None and (
+        lagging: str | None = None
+        if replica.lag_seconds is not None and (
             replica.lag_seconds > settings.database_replica_max_lag_seconds
         ):
-            problem = f"{replica.lag_seconds:.1f} s behind"
+            lagging = f"{replica.lag_seconds:.1f} s behind"
         elif replica.lag_bytes is not None and (
             replica.lag_bytes > settings.database_replica_max_lag_bytes
         ):
-            problem = f"{replica.lag_bytes} bytes behind"
-        else:
-            problem = None
-        self._set_health(replica, problem)
+            lagging = f"{replica.lag_bytes} bytes behind"
+        # The first commit after a quiet spell reads, until it is applied a few ms later, as
+        # lag the length of the spell: only lag seen by two checks in a row counts.
+        replica.lagging_checks = replica.lagging_checks + 1 if lagging else 0
+        if not row["in_recovery"]:
+            self._set_health(replica, "not in recovery (promoted, or not a replica)")
+        elif lagging and (replica.lagging_checks >= 2 or not replica.healthy):
+            self._set_health(replica, lagging)
+        elif not lagging:
+            self._set_health(replica, None)
 
     def _mark_down(self, replica: Replica, exc: BaseException) -> None:
         self._set_health(replica, f"unreachable: {type(exc).__name__}: {exc}")
