@@ -85,3 +85,20 @@ async def test_a_password_change_ends_every_cached_session_at_once(
     response = await cached_client.post("/api/auth/password", json=body, headers=bearer(laptop))
     assert response.status_code == 204
     assert [await me(cached_client, laptop), await me(cached_client, phone)] == [401, 401]
+
+
+async def test_a_cached_session_state_lives_at_most_the_auth_ttl(
+    make_settings: Callable[..., Settings], db_conn: asyncpg.Connection
+) -> None:
+    app = create_app(make_settings(cache_auth_ttl_seconds=3600))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            await new_user(client, "ttl@example.com")
+            assert await me(client, await login(client, "ttl@example.com")) == 200
+    lifetime = await db_conn.fetchval(
+        "SELECT extract(epoch FROM expires_at - written_at)::float8 FROM cache_entries"
+        " WHERE key LIKE 'auth:%' AND key NOT LIKE 'auth:gen:%'"
+    )
+    # Shortened by up to a fifth, at random: states cached together expire apart.
+    assert 0.8 * 3600 - 1 <= lifetime <= 3600

@@ -18,22 +18,28 @@ live on; ahead, fresh logins would be refused. Both are kept in whole millisecon
 millisecond of a logout-all counts as issued before it.
 
 What a token's session looks like (user, admin flag, still standing?) is cached for
-CACHE_AUTH_TTL_SECONDS under a key that carries the user's *session generation*
-(``auth:gen:<user>``, a random token): ending sessions writes a new generation, which
-makes every cached session state of the user unreachable at once — one write, no prefix
-scan. A reader takes the generation before it reads the database, so an answer read just
-before a logout is stored under the old generation and never served afterwards.
+CACHE_AUTH_TTL_SECONDS (each entry a little less, drawn at random, so that sessions cached
+together do not all go back to the database together) under ``auth:<user>:<family>``,
+stamped with the user's *session generation* (``auth:gen:<user>``, a random token): ending
+sessions writes a new generation, which makes every cached session state of the user
+stale at once — one write, no prefix scan. The generation and the state are read together
+(one ``get_many``, one round trip when L1 does not have them), and a state is used only
+when its stamp is the current generation. A reader takes the generation before it reads
+the database, so an answer read just before a logout is stamped with the old generation
+and never served afterwards.
 """
 
 from __future__ import annotations
 
 import math
+import random
 import secrets
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from app.auth.mail import SEND_EMAIL_JOB, Message
 from app.auth.passwords import Passwords
@@ -278,13 +284,24 @@ class Auth:
     ) -> User | None:
         """The user behind a valid access token, or None if its session has ended.
 
-        The answer is cached for CACHE_AUTH_TTL_SECONDS under
-        ``auth:<user>:<generation>:<family>``; every change that ends sessions or alters the
-        user calls ``forget_sessions``, which moves the generation on.
+        The answer is cached for up to CACHE_AUTH_TTL_SECONDS under
+        ``auth:<user>:<family>``, stamped with the user's generation; every change that ends
+        sessions or alters the user calls ``forget_sessions``, which moves the generation on.
         """
         ttl = self.settings.cache_auth_ttl_seconds
-        key = session_key(user_id, await self._generation(user_id), family_id) if ttl > 0 else ""
-        state = await self.cache.get(key) if ttl > 0 else None
+        key = session_key(user_id, family_id)
+        generation = ""
+        state: list[Any] | None = None
+        if ttl > 0:
+            generation_at = generation_key(user_id)
+            found = await self.cache.get_many([generation_at, key])
+            current = found.get(generation_at)
+            generation = (
+                current if isinstance(current, str) else await self._new_generation(user_id)
+            )
+            stamped = found.get(key)
+            if isinstance(stamped, list) and stamped and stamped[0] == generation:
+                state = stamped[1:]
         if state is None:
             async with self.db.acquire() as conn:
                 row = await conn.fetchrow(USER_FOR_TOKEN, user_id, family_id)
@@ -300,7 +317,8 @@ class Auth:
                 row["live"],
             ]
             if ttl > 0:
-                await self.cache.set(key, state, ttl=ttl)
+                spread = 1.0 - SESSION_TTL_SPREAD * random.random()  # noqa: S311 - not a secret
+                await self.cache.set(key, [generation, *state], ttl=ttl * spread)
         uid, email, is_admin, verified_at, created_at, valid_after, live = state
         if not live or issued_at < valid_after:
             return None
@@ -321,16 +339,14 @@ class Auth:
                 generation_key(user_id), secrets.token_hex(6), ttl=GENERATION_TTL_SECONDS
             )
 
-    async def _generation(self, user_id: int) -> str:
+    async def _new_generation(self, user_id: int) -> str:
+        """The generation of a user who has none in the cache yet (or lost it)."""
         key = generation_key(user_id)
-        generation = await self.cache.get(key)
-        if isinstance(generation, str):
-            return generation
         fresh = secrets.token_hex(6)
         if await self.cache.add(key, fresh, ttl=GENERATION_TTL_SECONDS):
             return fresh
-        # Created meanwhile (or the cache is down: then a generation nothing is stored
-        # under, so nothing stale can be read).
+        # Created meanwhile (or the cache is down: then a generation nothing is stamped
+        # with, so nothing stale can be read).
         generation = await self.cache.get(key)
         return generation if isinstance(generation, str) else fresh
 
@@ -365,11 +381,13 @@ class Auth:
 
 # Longer than any cached session state lives; a lost generation only costs cache misses.
 GENERATION_TTL_SECONDS = 86_400.0
+# A cached session state lives between (1 - this) and 1 times CACHE_AUTH_TTL_SECONDS.
+SESSION_TTL_SPREAD = 0.2
 
 
 def generation_key(user_id: int) -> str:
     return f"auth:gen:{user_id}"
 
 
-def session_key(user_id: int, generation: str, family_id: uuid.UUID) -> str:
-    return f"auth:{user_id}:{generation}:{family_id}"
+def session_key(user_id: int, family_id: uuid.UUID) -> str:
+    return f"auth:{user_id}:{family_id}"
