@@ -52,7 +52,8 @@ async def test_every_required_signal_is_reported(open_with: OpenWith) -> None:
 async def test_a_fresh_database_is_a_prototype_with_no_database_signal_fired(
     open_with: OpenWith,
 ) -> None:
-    async with open_with() as services:
+    # Backends named: a Redis backend or a pooler alone would make it a later stage.
+    async with open_with(cache_backend="postgres", db_pool_mode="direct") as services:
         report = await measure(services.db, services.settings)
     assert report.stage.number == 1
     fired = {item.key for item in report.signals if item.fired}
@@ -241,7 +242,7 @@ async def test_activity_rows_in_the_default_partition_fire(
 async def test_publish_rate_is_measured_between_samples(
     open_with: OpenWith,
 ) -> None:
-    async with open_with(signal_publish_rate_warn=1) as services:
+    async with open_with(signal_publish_rate_warn=1, pubsub_backend="postgres") as services:
         first = await read(services, "pubsub.publish_rate", record=True)
         for n in range(50):
             await services.broker.publish("signals-test", {"n": n})

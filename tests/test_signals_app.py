@@ -68,7 +68,8 @@ async def report_now(app: FastAPI) -> Report:
 
 async def test_error_burst_fires_the_error_rate(app: FastAPI, client: httpx.AsyncClient) -> None:
     for _ in range(4):
-        await client.get("/healthz")
+        await client.get("/test/slow")
+    await client.get("/healthz")  # a probe: not traffic
     for _ in range(6):
         await client.get("/test/fail")
     found = signal_of(await report_now(app), "http.error_rate")
@@ -268,3 +269,32 @@ async def test_cli_rejects_a_bad_since(database_url: str) -> None:
     code, message = await run_cli("signals", "--since", "an hour", DATABASE_URL=database_url)
     assert code == 2
     assert "90s, 30m, 1h or 7d" in message
+
+
+async def test_hot_key_served_from_l1_does_not_call_for_redis(
+    make_settings: Callable[..., Settings],
+) -> None:
+    settings = make_settings(signal_min_requests=20, cache_backend="postgres")
+    now = [1000.0]
+    async with open_services(settings) as services:
+        cache = Cache(
+            settings, create_backend(settings, services.db, None), services.notifier,
+            clock=lambda: now[0],
+        )  # fmt: skip
+        await cache.start()
+        reporter = ProcessReporter(services.db, cache, settings)
+        await reporter.start()
+        try:
+            await cache.set("tasks:hot", {"n": 1})
+            for _ in range(150):
+                await cache.get("tasks:hot")
+            now[0] += 61
+            await cache.get("tasks:hot")
+            await reporter.report()
+            hot = signal_of(await measure(services.db, settings), "cache.hot_keys")
+        finally:
+            await reporter.stop()
+            await cache.stop()
+    assert hot.status == "warn"
+    assert hot.flag is None
+    assert "Redis would not help" in hot.recommendation

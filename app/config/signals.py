@@ -29,6 +29,11 @@ class SignalSettings(BaseModel):
     signal_hot_key_critical_reads_per_minute: float = Field(
         1_000, description="Same key read per minute, critical (pgfirst's choice)."
     )
+    signal_hot_key_l1_share: float = Field(
+        0.9,
+        description="Share of cache reads served by L1 from which a hot key needs no Redis "
+        "(pgfirst's choice).",
+    )
     signal_slow_response_seconds: float = Field(3.0, description="HTTP response time.")
     signal_slow_responses_warn: int = Field(
         1, ge=1, description="Responses slower than that per window (pgfirst's choice)."

@@ -25,11 +25,34 @@ def application_signals(c: Combined, s: Settings) -> list[Signal]:
     reads = sum(c.cache.values())
     hits = c.cache.get("hit", 0.0) + c.cache.get("l1_hit", 0.0)
     hottest = c.hot_keys[0] if c.hot_keys else ("", 0.0)
+    l1_share = c.cache.get("l1_hit", 0.0) / reads if reads else 0.0
     latency = (
         "requests are slow: find the slowest routes in /metrics "
         "(http_request_duration_seconds), index their queries, cache their reads"
     )
+    hot = signal(
+        "cache.hot_keys",
+        hottest[1],
+        "reads/min",
+        s.signal_hot_key_reads_per_minute,
+        s.signal_hot_key_critical_reads_per_minute,
+        60,
+        fired="one key is read over and over: serve the cache from Redis "
+        "(CACHE_BACKEND=redis, REDIS_URL)",
+        ok="no key read often enough to matter",
+        flag="CACHE_BACKEND",
+        details=[f"{key}: {count:.0f} reads/min" for key, count in c.hot_keys[:5]],
+    )
+    if hot.fired and l1_share >= s.signal_hot_key_l1_share:
+        # Reads served from the process's own memory never reach the backend: moving the
+        # backend to Redis would change nothing the database feels.
+        hot = hot.with_advice(
+            f"one key is read over and over, but L1 serves {l1_share:.0%} of cache reads "
+            "in process: the backend sees few of them, Redis would not help",
+            None,
+        )
     return [
+        hot,
         signal(
             "http.latency_p50",
             _ms(p50) if graded else None,
@@ -101,19 +124,6 @@ def application_signals(c: Combined, s: Settings) -> list[Signal]:
             "(cache_reads in /metrics)",
             ok="cache reads mostly hit",
             unknown=f"fewer than {s.signal_min_requests} cache reads in the window",
-        ),
-        signal(
-            "cache.hot_keys",
-            hottest[1],
-            "reads/min",
-            s.signal_hot_key_reads_per_minute,
-            s.signal_hot_key_critical_reads_per_minute,
-            60,
-            fired="one key is read over and over: serve the cache from Redis "
-            "(CACHE_BACKEND=redis, REDIS_URL)",
-            ok="no key read often enough to matter",
-            flag="CACHE_BACKEND",
-            details=[f"{key}: {count:.0f} reads/min" for key, count in c.hot_keys[:5]],
         ),
         signal(
             "host.cpu",

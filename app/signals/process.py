@@ -11,8 +11,9 @@ time) into its row of ``signal_process_reports``. The advisor adds up the rows o
 process that reported within three intervals (``combine``): bucket counts add, so the
 cluster-wide p99 is computed from the summed histogram, not averaged from each process's.
 
-Streaming routes (SSE, WebSocket) are left out of latency: a stream's duration is how long
-a client stayed, not how slow the server was.
+Streaming routes (SSE, WebSocket) are left out: a stream's duration is how long a client
+stayed, not how slow the server was. So are probes and scrapes (/healthz, /readyz,
+/metrics): a load balancer's polling is not traffic.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from app.observability.metrics import (
 
 log = logging.getLogger(__name__)
 
-STREAMING_ROUTES = frozenset({"/api/events", "/api/ws"})
+LEFT_OUT_ROUTES = frozenset({"/api/events", "/api/ws", "/healthz", "/readyz", "/metrics"})
 UPSERT_REPORT = """
 INSERT INTO signal_process_reports (process, reported_at, report) VALUES ($1, now(), $2)
 ON CONFLICT (process) DO UPDATE SET reported_at = now(), report = EXCLUDED.report
@@ -128,17 +129,14 @@ class ProcessReporter:
             for sample in metric.samples:
                 if (
                     sample.name.endswith("_bucket")
-                    and sample.labels["route"] not in STREAMING_ROUTES
+                    and sample.labels["route"] not in LEFT_OUT_ROUTES
                 ):
                     le = sample.labels["le"]
                     http[le] = http.get(le, 0.0) + sample.value
         requests = errors = 0.0
         for metric in HTTP_REQUESTS.collect():
             for sample in metric.samples:
-                if (
-                    sample.name.endswith("_total")
-                    and sample.labels["route"] not in STREAMING_ROUTES
-                ):
+                if sample.name.endswith("_total") and sample.labels["route"] not in LEFT_OUT_ROUTES:
                     requests += sample.value
                     if sample.labels["status"].startswith("5"):
                         errors += sample.value
