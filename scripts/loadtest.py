@@ -43,10 +43,10 @@ from datetime import UTC, datetime
 import asyncpg
 import httpx
 
-from app.cli.signals import number
 from app.config import Settings, load_settings
 from app.services import Services, open_services
 from app.signals import Report, measure
+from app.signals.model import format_number
 from scripts.benchkit import free_port, percentile, postgres, redis
 
 APP_ENV = {
@@ -139,7 +139,7 @@ async def read(run: Run, title: str, keys: list[str], *, samples: int = 1) -> Re
     )
     for item in report.signals:
         if item.key in keys:
-            value = "-" if item.value is None else f"{number(item.value)} {item.unit}"
+            value = "-" if item.value is None else f"{format_number(item.value)} {item.unit}"
             print(f"  {item.status.upper():8} {item.key:26} {value:>18}  {item.recommendation}")
             if item.flag:
                 print(f"  {'':8} flag to flip: {item.flag}")

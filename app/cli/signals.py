@@ -22,6 +22,7 @@ from rich.table import Table
 
 from app.cli.common import err, run_with_services, settings
 from app.services import Services
+from app.signals.model import format_number
 
 STATUS_STYLE = {"ok": "green", "warn": "yellow", "critical": "bold red", "unknown": "dim"}
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -75,13 +76,6 @@ def signals(
     print_table(document)
 
 
-def number(value: float) -> str:
-    for scale, suffix in ((1e9, "G"), (1e6, "M")):
-        if abs(value) >= scale:
-            return f"{value / scale:.3g}{suffix}"
-    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
-
-
 def print_table(document: dict[str, Any]) -> None:
     """Stage, a compact table (fired first), then what to do about each fired signal."""
     stage = document["stage"]
@@ -96,12 +90,12 @@ def print_table(document: dict[str, Any]) -> None:
         table.add_column("fired / samples", no_wrap=True)
     unknown: dict[str, list[str]] = {}
     for item in document["signals"]:
-        value = "-" if item["value"] is None else f"{number(item['value'])} {item['unit']}"
+        value = "-" if item["value"] is None else f"{format_number(item['value'])} {item['unit']}"
         row = [
             f"[{STATUS_STYLE[item['status']]}]{item['status'].upper()}[/]",
             item["key"],
             value,
-            f"{number(item['warn'])} / {number(item['critical'])}",
+            f"{format_number(item['warn'])} / {format_number(item['critical'])}",
         ]
         if history is not None:
             seen = history.get(item["key"])

@@ -50,6 +50,14 @@ class Signal:
         }
 
 
+def format_number(value: float) -> str:
+    """Short and exact enough to read: 1.5G, 100M, 12,500, 0.9997."""
+    for scale, suffix in ((1e9, "G"), (1e6, "M")):
+        if abs(value) >= scale:
+            return f"{value / scale:.3g}{suffix}"
+    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
+
+
 def grade(
     value: float | None, warn: float, critical: float, *, lower_is_worse: bool = False
 ) -> Status:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from html import escape
 
-from app.signals.model import Report, Signal
+from app.signals.model import Report, Signal, format_number
 
 Series = dict[str, list[tuple[datetime, str, float | None]]]
 COLOURS = {"ok": "#1a7f37", "warn": "#b58100", "critical": "#cf222e", "unknown": "#6e7781"}
@@ -57,15 +57,15 @@ charts: the last {hours:g} h of recorded samples</p>
 
 def _row(item: Signal, points: list[tuple[datetime, str, float | None]]) -> str:
     colour = COLOURS[item.status]
-    value = "—" if item.value is None else f"{item.value:,.4g}"
+    value = "—" if item.value is None else f"{format_number(item.value)} {escape(item.unit)}"
     details = "".join(f"<div class=details>{escape(line)}</div>" for line in item.details)
     flag = f" <code>{escape(item.flag)}</code>" if item.flag else ""
     return (
         f'<tr data-key="{escape(item.key)}" data-status="{item.status}">'
         f'<td class=status style="color:{colour}">{item.status}</td>'
         f"<td><code>{escape(item.key)}</code></td>"
-        f"<td>{value} {escape(item.unit)}</td>"
-        f"<td>{item.warn:,.4g} / {item.critical:,.4g}</td>"
+        f"<td>{value}</td>"
+        f"<td>{format_number(item.warn)} / {format_number(item.critical)}</td>"
         f"<td>{sparkline(points)}</td>"
         f"<td>{escape(item.recommendation)}{flag}{details}</td></tr>"
     )
