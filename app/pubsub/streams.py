@@ -58,7 +58,10 @@ async def _sse_body(
         yield b"retry: 3000\n\n"
         while True:
             try:
-                event = await asyncio.wait_for(anext(subscription), heartbeat)
+                # asyncio.timeout, not wait_for: wait_for wraps each wait in a task of its
+                # own, one more task and loop turn per event and per client.
+                async with asyncio.timeout(heartbeat):
+                    event = await anext(subscription)
             except TimeoutError:
                 yield b": ping\n\n"
                 continue
