@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from prometheus_client import REGISTRY
 
 from app.config import Settings
-from app.db import routing
+from app.db import Database, routing
 from app.db.read_your_writes import COOKIE
 from app.deps import DatabaseDep
 from app.main import create_app
@@ -216,6 +216,38 @@ async def test_a_replica_lagging_past_the_limit_takes_no_reads_until_it_catches_
                 )
         finally:
             await replication_ready.set_apply_delay(0)
+
+
+async def test_a_replica_leaves_the_rotation_on_the_second_lagging_check_not_the_first(
+    make_settings: Callable[..., Settings], replication_ready: Replication
+) -> None:
+    settings = make_settings(
+        database_url=replication_ready.primary_url,
+        database_replica_urls=[replication_ready.replica_url],
+        database_replica_check_interval=3600,  # the test runs each check itself
+        database_replica_max_lag_seconds=0.001,
+    )
+    db = await Database.connect(settings, replication_ready.primary_url)
+    try:
+        assert db.replicas is not None
+        replica = db.replicas.replicas[0]
+        assert replica.healthy
+        await write_on_primary(replication_ready)  # seconds count from a replayed commit
+        await replication_ready.caught_up()
+        await replication_ready.set_apply_delay(3)
+        await write_on_primary(replication_ready)
+        await eventually(
+            lambda: replication_ready.query_replica(
+                "SELECT pg_last_wal_receive_lsn() > pg_last_wal_replay_lsn()"
+            )
+        )
+        await db.replicas.check()
+        assert replica.healthy
+        await db.replicas.check()
+        assert not replica.healthy
+    finally:
+        await replication_ready.set_apply_delay(0)
+        await db.close()
 
 
 async def test_the_app_reads_from_the_primary_when_no_replica_answers(
