@@ -279,6 +279,7 @@ async def measure(dsn: str, options: argparse.Namespace) -> None:
         rss_connected = rss_kib(server.pid)
         async with open_services(load_settings()) as services:
             cpu_start, wall_start = cpu_seconds(server.pid), time.monotonic()
+            clients_cpu_start = sum(cpu_seconds(client.pid) for client in clients)
             rounds, _ = await asyncio.gather(
                 publish_rounds(
                     services.broker,
@@ -295,11 +296,13 @@ async def measure(dsn: str, options: argparse.Namespace) -> None:
             )
             await asyncio.sleep(3)  # the last deliveries
             cpu = cpu_seconds(server.pid) - cpu_start
+            clients_cpu = sum(cpu_seconds(client.pid) for client in clients) - clients_cpu_start
             wall = time.monotonic() - wall_start
         rss_after = rss_kib(server.pid)
         results = [await finish_client(client) for client in clients]
 
     report(options, connected, rounds, rss_before, rss_connected, rss_after, cpu, wall, results)
+    print(f"client processes' CPU while publishing: {clients_cpu:.1f} s")
 
 
 def report(
