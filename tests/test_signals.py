@@ -250,3 +250,18 @@ async def test_publish_rate_is_measured_between_samples(
     assert first.status == "unknown"
     assert found.status in {"warn", "critical"}
     assert "PUBSUB_BACKEND=redis" in found.recommendation
+
+
+async def test_advisor_answers_while_a_table_is_locked(
+    open_with: OpenWith, db_conn: asyncpg.Connection
+) -> None:
+    transaction = db_conn.transaction()
+    await transaction.start()
+    await db_conn.execute("LOCK TABLE tasks IN ACCESS EXCLUSIVE MODE")
+    try:
+        async with open_with(db_command_timeout=5) as services:
+            report = await measure(services.db, services.settings)
+    finally:
+        await transaction.rollback()
+    assert signal_of(report, "db.largest_tables").status == "ok"
+    assert signal_of(report, "db.idle_in_transaction").status == "ok"

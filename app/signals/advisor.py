@@ -66,7 +66,10 @@ WAL_LEVEL = "SELECT current_setting('wal_level')"
 async def measure(db: Database, settings: Settings, *, record: bool = False) -> Report:
     now = datetime.now(UTC)
     s = settings
-    async with db.acquire() as conn:
+    async with db.transaction() as conn:
+        # A backstop: no statement of the advisor may queue behind a lock (an ALTER TABLE,
+        # a LOCK TABLE in a migration); it fails fast and the next sample tries again.
+        await conn.execute("SET LOCAL lock_timeout = '1s'")
         signals = await dbs.connection_signals(conn, s)
         signals += await dbs.health_signals(conn, s)
         signals.append(await dbs.slow_query_signal(conn, s))

@@ -1,7 +1,8 @@
 """Signals the database answers by itself: one short catalog or statistics query each.
 
 Every query here reads a statistics view, a catalog or an index, never a user table in
-full: on a database of a million tasks each takes well under a few milliseconds
+full, and none takes a lock on a user table (sizes come from pg_class, not
+pg_relation_size): on a database of a million tasks each takes well under a few milliseconds
 (``scripts/bench_signals.py``; docs/benchmarks.md). Counts that could be large are capped
 (``LIMIT`` inside) so a backlog of millions costs what a backlog at the critical threshold
 does. Activity views are read for the current database only, so a shared server's other
@@ -56,11 +57,17 @@ WHERE datname = current_database() AND backend_type = 'client backend'
 ORDER BY age DESC NULLS LAST LIMIT 3
 """
 DB_SIZE = "SELECT pg_database_size(current_database())::float8"
-# reltuples is the planner's estimate (VACUUM/ANALYZE keep it): a count(*) would scan.
+# Rows and bytes from pg_class alone — reltuples and relpages, the estimates VACUUM,
+# ANALYZE and CREATE INDEX keep. A count(*) would scan, and pg_total_relation_size takes a
+# lock on the table: a migration holding one would stall the advisor when it matters most.
 LARGEST_TABLES = """
 SELECT c.oid::regclass::text AS name, greatest(c.reltuples, 0)::float8 AS rows,
-       pg_total_relation_size(c.oid) AS bytes
+       (c.relpages + coalesce(t.relpages, 0) + coalesce((
+            SELECT sum(i.relpages) FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid
+            WHERE x.indrelid = c.oid), 0))::float8
+       * current_setting('block_size')::int AS bytes
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+LEFT JOIN pg_class t ON t.oid = c.reltoastrelid
 WHERE c.relkind IN ('r', 'm') AND n.nspname NOT IN ('pg_catalog', 'information_schema')
   AND n.nspname !~ '^pg_toast'
 ORDER BY c.reltuples DESC LIMIT 5
@@ -74,10 +81,12 @@ FROM pg_stat_replication
 NOTIFY_QUEUE = "SELECT pg_notification_queue_usage()"
 XID_AGE = "SELECT age(datfrozenxid)::float8 FROM pg_database WHERE datname = current_database()"
 UNUSED_INDEXES = """
-SELECT s.indexrelid::regclass::text AS name, pg_relation_size(s.indexrelid) AS bytes
+SELECT s.indexrelid::regclass::text AS name,
+       c.relpages::float8 * current_setting('block_size')::int AS bytes
 FROM pg_stat_user_indexes s JOIN pg_index i ON i.indexrelid = s.indexrelid
+JOIN pg_class c ON c.oid = s.indexrelid
 WHERE s.idx_scan = 0 AND NOT i.indisunique AND NOT i.indisprimary
-  AND pg_relation_size(s.indexrelid) >= $1
+  AND c.relpages::float8 * current_setting('block_size')::int >= $1
 ORDER BY bytes DESC
 """
 # Capped count: past the cap the backlog is critical whatever its exact size.
