@@ -9,13 +9,14 @@
 ``detail`` is always one readable sentence, so a client can show it as it is; ``errors``
 comes with validation failures (422) and lists each field's problem, without the
 ``input`` FastAPI echoes by default, so a rejected password or token is never sent back;
-``request_id`` comes with a 500, whose cause is logged with its traceback and never shown
-(see middleware.py).
+``request_id`` comes with a 500, whose cause is logged with its traceback and never shown,
+and with a 503 (a backing service away for a moment, with Retry-After; see middleware.py).
 
 ``error_responses(401, 404, ...)`` documents statuses a route can return in its OpenAPI
 operation with this model; ``document_errors`` (called when the OpenAPI document is built)
 replaces FastAPI's own 422 schema with it and adds what routes answer by construction:
-401 to a route behind the bearer scheme, 413 to one that takes a body, 400 and 500 to all.
+401 to a route behind the bearer scheme, 413 to one that takes a body, 400, 500 and 503 to
+all.
 """
 
 from __future__ import annotations
@@ -132,6 +133,8 @@ def document_errors(schema: dict[str, Any]) -> dict[str, Any]:
             # request line over the HTTP parser's limit) is refused before any route runs.
             responses.setdefault("400", _error_response(400))
             responses.setdefault("500", _error_response(500))
+            # PostgreSQL or Redis away for a moment (unavailable.py): retry after a pause.
+            responses.setdefault("503", _error_response(503))
     return schema
 
 
