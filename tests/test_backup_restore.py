@@ -11,6 +11,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from unittest.mock import ANY
 
 import asyncpg
 
@@ -142,6 +143,20 @@ async def test_a_restore_that_fails_half_way_changes_nothing(
     assert await fingerprint(database_url) == before
 
 
+async def test_backup_and_restore_use_the_direct_url_past_a_pooler(
+    database_url: str, tmp_path: Path
+) -> None:
+    # DATABASE_URL leads nowhere: only DATABASE_DIRECT_URL can have served them.
+    pooler = f"postgresql://nobody@127.0.0.1:{free_port()}/app"
+    dump = tmp_path / "app.dump"
+    direct = {"DATABASE_DIRECT_URL": database_url}
+
+    assert await app("db", "backup", str(dump), dsn=pooler, **direct) == (0, ANY)
+    code, stderr = await app("db", "restore", "--yes", str(dump), dsn=pooler, **direct)
+
+    assert code == 0, stderr
+
+
 # --- helpers -----------------------------------------------------------------------------
 
 
@@ -152,9 +167,9 @@ def assert_one_line_error(stderr: str, fragment: str) -> None:
     assert fragment in stderr, stderr
 
 
-async def app(*args: str, dsn: str | None = None) -> tuple[int, str]:
+async def app(*args: str, dsn: str | None = None, **extra: str) -> tuple[int, str]:
     """`app <args>` with no terminal on stdin (so `restore` cannot ask); (code, stderr)."""
-    env = {**os.environ, "ENV": "test", "COLUMNS": "500"}
+    env = {**os.environ, "ENV": "test", "COLUMNS": "500", **extra}
     if dsn is not None:
         env["DATABASE_URL"] = dsn
     process = await asyncio.create_subprocess_exec(

@@ -43,7 +43,7 @@ def db_backup(
     from app.db.backup import BackupError, backup
 
     try:
-        written = backup(database_url(settings()), path)
+        written = backup(_direct_url(), path)
     except BackupError as exc:
         _fail(exc)
     err.print(f"[green]backup written to {written}[/]")
@@ -66,10 +66,17 @@ def db_restore(
             _fail("restore replaces every table of the database in use; pass --yes")
         typer.confirm(f"Replace every table of the database in use with {path}?", abort=True)
     try:
-        restore(database_url(settings()), path)
+        restore(_direct_url(), path)
     except BackupError as exc:
         _fail(exc)
     err.print(f"[green]restored {path}[/]")
+
+
+def _direct_url() -> str:
+    # pg_dump's snapshot and the restore's one long transaction are sessions' work: past
+    # a transaction-mode PgBouncer they go to the server itself.
+    current = settings()
+    return current.database_direct_url or database_url(current)
 
 
 def _fail(reason: object) -> NoReturn:
