@@ -73,8 +73,8 @@ def db_restore(
 
 
 def _direct_url() -> str:
-    # pg_dump's snapshot and the restore's one long transaction are sessions' work: past
-    # a transaction-mode PgBouncer they go to the server itself.
+    # pg_dump and psql SET session parameters outside their transactions, which a
+    # transaction-mode PgBouncer would leave on another client's server connection.
     current = settings()
     return current.database_direct_url or database_url(current)
 
