@@ -401,6 +401,27 @@ async def test_an_unreachable_redis_is_a_miss_not_an_error(
     assert await cache.get_or_set("k", _constant(5)) == 5  # no lock to take: just loads
 
 
+async def test_get_or_set_after_a_failed_read_loads_without_lock_or_store(
+    make_settings: Callable[..., Settings], start_cache: StartCache
+) -> None:
+    settings = make_settings(
+        cache_backend="redis",
+        redis_url=f"redis://127.0.0.1:{free_port()}/0",
+        cache_timeout_seconds=0.2,
+    )
+    cache = await start_cache(settings)
+    assert await cache.get_or_set("k", _constant(5)) == 5
+    assert cache.errors == {"get": 1}  # no lock, store or unlock sent after it
+    assert cache.failing
+
+
+async def test_a_call_that_answers_ends_failing(new_cache: CacheFactory) -> None:
+    cache = await new_cache()
+    cache._calls.failing = True  # as after a timeout
+    assert await cache.get("absent") is None
+    assert not cache.failing
+
+
 async def test_a_locked_cache_table_times_out_into_misses(
     make_settings: Callable[..., Settings], start_cache: StartCache, db_conn: asyncpg.Connection
 ) -> None:

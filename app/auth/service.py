@@ -296,9 +296,14 @@ class Auth:
             generation_at = generation_key(user_id)
             found = await self.cache.get_many([generation_at, key])
             current = found.get(generation_at)
-            generation = (
-                current if isinstance(current, str) else await self._new_generation(user_id)
-            )
+            if isinstance(current, str):
+                generation = current
+            elif self.cache.failing:
+                # Nothing is stamped with a fresh generation: the database answers. Writing
+                # one would only queue more calls on a backend that is not answering.
+                generation = secrets.token_hex(6)
+            else:
+                generation = await self._new_generation(user_id)
             stamped = found.get(key)
             if isinstance(stamped, list) and stamped and stamped[0] == generation:
                 state = stamped[1:]
@@ -316,7 +321,7 @@ class Auth:
                 row["valid_after_ms"] / 1000,
                 row["live"],
             ]
-            if ttl > 0:
+            if ttl > 0 and not self.cache.failing:
                 spread = 1.0 - SESSION_TTL_SPREAD * random.random()  # noqa: S311 - not a secret
                 await self.cache.set(key, [generation, *state], ttl=ttl * spread)
         uid, email, is_admin, verified_at, created_at, valid_after, live = state

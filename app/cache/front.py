@@ -29,6 +29,7 @@ from app.notifier import Notifier
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+FAILED: Any = object()  # a backend read that failed, as opposed to a key that is absent
 
 
 class Cache:
@@ -97,6 +98,11 @@ class Cache:
         return self._calls.errors
 
     @property
+    def failing(self) -> bool:
+        """Whether the latest backend call failed (timed out, or the backend is down)."""
+        return self._calls.failing
+
+    @property
     def l1_entries(self) -> int:
         return len(self._l1.entries)
 
@@ -126,7 +132,7 @@ class Cache:
                 accounting.tally(key, "l1_hit")
                 return value
         found = await self._fetch(key, with_ttl=False)
-        if found is MISSING:
+        if found is MISSING or found is FAILED:
             accounting.tally(key, "miss")
             return default
         accounting.tally(key, "hit")
@@ -170,15 +176,18 @@ class Cache:
         return found
 
     async def _fetch(self, key: str, *, with_ttl: bool = True) -> Any:
-        """(value, remaining ttl) from the backend, filling L1; MISSING when absent."""
+        """(value, remaining ttl) from the backend, filling L1; MISSING when absent,
+        FAILED when the backend did not answer."""
         l1 = self._l1
         generation = l1.generation
         if not l1.serving and not with_ttl:
-            raw = await self._call("get", lambda backend: backend.get(key), None)
+            raw = await self._call("get", lambda backend: backend.get(key), FAILED)
+            if raw is FAILED:
+                return FAILED
             return MISSING if raw is None else (orjson.loads(raw), None)
-        row = await self._call("get", lambda backend: backend.get_with_ttl(key), None)
-        if row is None:
-            return MISSING
+        row = await self._call("get", lambda backend: backend.get_with_ttl(key), FAILED)
+        if row is None or row is FAILED:
+            return MISSING if row is None else FAILED
         value = orjson.loads(row[0])
         l1.fill(key, value, row[1], generation)
         return value, row[1]
@@ -294,6 +303,11 @@ class Cache:
                 accounting.tally(key, "l1_hit")
                 return value  # type: ignore[no-any-return]
         found = await self._fetch(key)
+        if found is FAILED:
+            # A backend that did not answer this read would only time out again on the
+            # lock, the store and the unlock: load without them.
+            accounting.tally(key, "miss")
+            return await loader()
         if found is not MISSING:
             accounting.tally(key, "hit")
             value, remaining = found
