@@ -183,6 +183,11 @@ def main() -> None:
                 for case in cases:
                     run = wrk(f"{base}{paths[case]}", options.duration, scripts[case])
                     results[case].append(run)
+                    print(
+                        f"  {case}: {float(run['rps']):.0f} req/s, p50 {float(run['p50']):.1f}"  # type: ignore[arg-type]
+                        f" ms, p99 {float(run['p99']):.1f} ms",  # type: ignore[arg-type]
+                        flush=True,
+                    )
             rss = peak_rss_mb(server.pid)
         finally:
             server.terminate()
