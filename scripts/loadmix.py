@@ -148,6 +148,18 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
+def run_queue_seconds(pid: int) -> float:
+    """Time ``pid``'s threads spent runnable but waiting for a CPU (/proc/<pid>/schedstat
+    is the main thread's; the task directory has every thread's)."""
+    total = 0
+    try:
+        for thread in Path(f"/proc/{pid}/task").iterdir():
+            total += int((thread / "schedstat").read_text().split()[1])
+    except OSError:
+        pass
+    return total / 1e9
+
+
 def postgres_cpu(postmaster: int) -> float:
     """CPU of the postmaster, its live children and the children it has reaped."""
     total = cpu_seconds(postmaster, children=True)
@@ -214,7 +226,8 @@ async def seed(base: str, dsn: str, users: int, tasks_each: int, api_users: int)
                     }
                     (await client.post("/api/tasks", json=task, headers=headers)).raise_for_status()
 
-    settings = load_settings(database_url=dsn, env="test")
+    # The bulk statements (COPY into the HNSW index on a busy machine) outlive the default.
+    settings = load_settings(database_url=dsn, env="test", db_command_timeout=1800)
     async with open_services(settings, dsn=dsn) as services, services.db.acquire() as conn:
         # Every account gets the API users' argon2id hash: the same password, so each logs in.
         password_hash = await conn.fetchval("SELECT password_hash FROM users LIMIT 1")
@@ -249,10 +262,20 @@ async def seed(base: str, dsn: str, users: int, tasks_each: int, api_users: int)
                 created = now - timedelta(minutes=tasks_each - n)
                 project = by_user[user_id][n % 3]
                 records.append((user_id, project, title, body, created, created, vector, now))
+        # The indexes on embeddings are built once after the load, as the migrations define
+        # them: inserting 10,000 rows one by one into the HNSW graph takes minutes here.
+        vector_indexes = await conn.fetch(
+            "SELECT indexname, indexdef FROM pg_indexes "
+            "WHERE tablename = 'tasks' AND indexdef LIKE '%embedding%'"
+        )
+        for index in vector_indexes:
+            await conn.execute(f'DROP INDEX "{index["indexname"]}"')
         columns = ["user_id", "project_id", "title", "body", "created_at", "updated_at"]
         await conn.copy_records_to_table(
             "tasks", columns=[*columns, "embedding", "embedded_at"], records=records
         )
+        for index in vector_indexes:
+            await conn.execute(index["indexdef"])
         made = await conn.fetch(
             "SELECT id, user_id, created_at FROM tasks WHERE user_id = ANY($1::bigint[])", bulk
         )
@@ -315,13 +338,15 @@ class RawClient:
     async def request(
         self, method: str, path: str, token: str, body: bytes | None = None
     ) -> tuple[int, bytes]:
-        head = f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\nAuthorization: Bearer {token}\r\n"
+        head = f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\n"
+        if token:
+            head += f"Authorization: Bearer {token}\r\n"
         if body is not None:
             head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
         data = head.encode() + b"\r\n" + (body or b"")
         async with self.slots:
-            for _ in range(2):
-                reused = bool(self.idle)
+            for attempt in range(2):
+                reused = bool(self.idle) and attempt == 0
                 conn = (
                     self.idle.pop()
                     if reused
@@ -331,7 +356,9 @@ class RawClient:
                     status, payload, keep = await self._exchange(conn, data)
                 except ConnectionResetError:
                     conn[1].close()
-                    if reused:  # the server closed an idle connection: try a fresh one
+                    # The server closed an idle connection (uvicorn's keep-alive timeout)
+                    # before reading the request: once more on a fresh one.
+                    if reused:
                         continue
                     raise
                 except BaseException:
@@ -390,7 +417,7 @@ class HttpxClient:
     async def request(
         self, method: str, path: str, token: str, body: bytes | None = None
     ) -> tuple[int, bytes]:
-        headers = {"Authorization": f"Bearer {token}"}
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
         if body is not None:
             headers["Content-Type"] = "application/json"
         answer = await self.client.request(method, path, headers=headers, content=body)
@@ -462,7 +489,7 @@ class Generator:
                 outcome = str(status)
             except TimeoutError:
                 route, outcome = op, "timeout"
-            except OSError as exc:
+            except Exception as exc:  # a reset, a short read: an error of this request
                 route, outcome = op, type(exc).__name__
             latencies[route].append((loop.time() - due) * 1000)
             statuses[route][outcome] += 1
@@ -614,8 +641,15 @@ ACTIVITY_OF = "SELECT user_id, count(*) AS n FROM activity_logs WHERE user_id = 
 CONNECTIONS = """
 SELECT count(*) FILTER (WHERE backend_type = 'client backend') AS clients,
        count(*) FILTER (WHERE backend_type = 'client backend' AND state = 'active') AS active,
+       count(*) FILTER (WHERE state = 'idle in transaction') AS idle_in_transaction,
        count(*) FILTER (WHERE wait_event_type = 'Lock') AS waiting_on_locks
 FROM pg_stat_activity WHERE pid <> pg_backend_pid()
+"""
+# What the busy backends wait on, kept for the seconds with the most lock waits.
+WAITS = """
+SELECT state, wait_event_type, wait_event, left(query, 90) AS query
+FROM pg_stat_activity
+WHERE pid <> pg_backend_pid() AND backend_type = 'client backend' AND state <> 'idle'
 """
 SIGNAL_KEYS = ("http.latency_p50", "http.latency_p99", "http.error_rate", "db.pool_wait")
 
@@ -633,11 +667,13 @@ class Sampler:
     def __init__(self, servers: Servers, conn: asyncpg.Connection) -> None:
         self.servers, self.conn = servers, conn
         self.rows: list[dict[str, float]] = []
+        self.worst_waits: tuple[float, list[dict[str, Any]]] = (1, [])
 
     def cpu(self) -> dict[str, float]:
         s = self.servers
         return {
             "web": cpu_seconds(s.web),
+            "web_run_queue": run_queue_seconds(s.web),
             "worker": cpu_seconds(s.worker),
             "postgres": postgres_cpu(s.postmaster),
         }
@@ -651,6 +687,9 @@ class Sampler:
             row |= {"web_rss": rss_mb(self.servers.web), "worker_rss": rss_mb(self.servers.worker)}
             row |= dict(await self.conn.fetchrow(CONNECTIONS))  # type: ignore[arg-type]
             self.rows.append(row)
+            if row["waiting_on_locks"] and row["waiting_on_locks"] >= self.worst_waits[0]:
+                waits = [dict(r) for r in await self.conn.fetch(WAITS)]
+                self.worst_waits = (row["waiting_on_locks"], waits)
             previous, before = now, at
 
 
@@ -702,6 +741,7 @@ def server_summary(rows: list[dict[str, float]]) -> dict[str, float]:
 
     return {
         "web_cpu": mean("web_cpu"),
+        "web_run_queue": mean("web_run_queue_cpu"),
         "web_cpu_peak": peak("web_cpu"),
         "worker_cpu": mean("worker_cpu"),
         "postgres_cpu": mean("postgres_cpu"),
@@ -712,7 +752,18 @@ def server_summary(rows: list[dict[str, float]]) -> dict[str, float]:
         "active_mean": mean("active"),
         "active_peak": peak("active"),
         "lock_waits_peak": peak("waiting_on_locks"),
+        "idle_in_transaction_peak": peak("idle_in_transaction"),
     }
+
+
+def answer(pipe: Pipe, seconds: float) -> Any:
+    if not pipe.poll(seconds):
+        raise SystemExit(f"a generator process gave no answer in {seconds:.0f} s")
+    return pipe.recv()
+
+
+async def activity_counts(conn: asyncpg.Connection, user_ids: list[int]) -> dict[int, int]:
+    return {row["user_id"]: row["n"] for row in await conn.fetch(ACTIVITY_OF, user_ids)}
 
 
 async def run_phases(
@@ -731,7 +782,7 @@ async def run_phases(
     phases: list[dict[str, Any]] = []
     monitor = await asyncpg.connect(dsn)
     async with open_services(settings, dsn=dsn) as services:
-        activity_before: dict[int, int] = dict(await monitor.fetch(ACTIVITY_OF, sse_ids))  # type: ignore[arg-type]
+        activity_before = await activity_counts(monitor, sse_ids)
 
         async def offer(rate: float) -> dict[str, Any]:
             sampler = Sampler(servers, monitor)
@@ -739,7 +790,10 @@ async def run_phases(
             load_before = os.getloadavg()
             for pipe in pipes:
                 pipe.send(("phase", rate / len(pipes), options.duration))
-            results = [await loop.run_in_executor(None, pipe.recv) for pipe in pipes]
+            # In-flight requests end within TIMEOUT of the phase's end; a generator that
+            # has not answered long after that is stuck, and the run stops saying so.
+            deadline = options.duration + TIMEOUT + 60
+            results = [await loop.run_in_executor(None, answer, pipe, deadline) for pipe in pipes]
             sampling.cancel()
             load_after = os.getloadavg()
             # The web process writes its window every few seconds: read it after one more.
@@ -752,19 +806,20 @@ async def run_phases(
             }
             for pipe in pipes:
                 pipe.send(("state",))
-            states = [await loop.run_in_executor(None, pipe.recv) for pipe in pipes]
+            states = [await loop.run_in_executor(None, answer, pipe, 60) for pipe in pipes]
             created = [task for state in states for task in state["created"]]
             found = await monitor.fetchval(
                 "SELECT count(*) FROM tasks WHERE id = ANY($1::bigint[])", created
             )
             received = sum(n for state in states for n in state["events"].values())
-            activity: dict[int, int] = dict(await monitor.fetch(ACTIVITY_OF, sse_ids))  # type: ignore[arg-type]
+            activity = await activity_counts(monitor, sse_ids)
             expected = sum(activity.get(u, 0) - activity_before.get(u, 0) for u in sse_ids)
             phase = {
                 "offered_rps": rate,
                 "load_average": [round(load_before[0], 2), round(load_after[0], 2)],
                 **summarise(results, options.duration),
                 "server": server_summary(sampler.rows),
+                "lock_waits": sampler.worst_waits[1],
                 "signals": signals,
                 "tasks_created_alive": len(created),
                 "tasks_created_missing": len(created) - found,
@@ -809,13 +864,18 @@ def print_phase(phase: dict[str, Any]) -> None:
             f"{r['errors']:>8}  {statuses}"
         )
     print(
-        f"app CPU {server['web_cpu']:.0%} of a core (peak {server['web_cpu_peak']:.0%}), "
+        f"app CPU {server['web_cpu']:.0%} of a core (peak {server['web_cpu_peak']:.0%}; "
+        f"waiting for a CPU {server['web_run_queue']:.0%} of the time), "
         f"RSS {server['web_rss_peak']:.0f} MB; worker CPU {server['worker_cpu']:.0%}, "
         f"RSS {server['worker_rss_peak']:.0f} MB; PostgreSQL CPU {server['postgres_cpu']:.0%} "
         f"(peak {server['postgres_cpu_peak']:.0%}); connections: {server['connections_peak']:.0f} "
-        f"peak, active mean {server['active_mean']:.1f} / peak {server['active_peak']:.0f}"
+        f"peak, active mean {server['active_mean']:.1f} / peak {server['active_peak']:.0f}, "
+        f"idle in transaction peak {server['idle_in_transaction_peak']:.0f}, waiting on locks "
+        f"peak {server['lock_waits_peak']:.0f}"
     )
-    cpu = ", ".join(f"{c:.0%}" for c in phase["generator_cpu"])
+    for wait in phase["lock_waits"]:
+        print(f"  {wait['state']} {wait['wait_event_type']}:{wait['wait_event']} {wait['query']}")
+    cpu = ", ".join(f"{c:.1%}" for c in phase["generator_cpu"])
     print(
         f"generators' CPU: {cpu} of a core; sends late: {phase['late_sends']} "
         f"(worst {phase['worst_late_ms']:.0f} ms)"
@@ -876,6 +936,7 @@ def main() -> None:
                     target=generator_main, args=(theirs, base, own, share, options.client)
                 )
                 process.start()
+                theirs.close()  # so that a generator that dies ends recv() with EOFError
                 generators.append(process)
                 pipes.append(mine)
             sse_ids = [

@@ -18,23 +18,14 @@ async def test_loadmix_at_a_trivial_rate_answers_every_request(
     database_url: str, tmp_path: Path
 ) -> None:
     report = tmp_path / "loadmix.json"
+    arguments = "--users 8 --api-users 1 --tasks-each 6 --rates 8 --duration 3 --sse 2"
+    arguments += " --generators 1 --report-seconds 1"
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "scripts.loadmix",
-        *(
-            "--users",
-            "8",
-            "--api-users",
-            "1",
-            "--tasks-each",
-            "6",
-            "--rates",
-            "8",
-            "--duration",
-            "3",
-        ),
-        *("--sse", "2", "--generators", "1", "--report-seconds", "1", "--json", str(report)),
+        *arguments.split(),
+        *("--json", str(report)),
         cwd=PROJECT_ROOT,
         env={**os.environ, "DATABASE_URL": database_url},
         stdout=asyncio.subprocess.PIPE,
