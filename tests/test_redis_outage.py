@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 import asyncpg
@@ -9,7 +10,7 @@ import httpx
 
 from app.config import Settings
 from app.main import create_app
-from tests.helpers import free_port
+from tests.helpers import flushed_redis, free_port
 
 
 async def test_rate_limits_count_in_postgres_while_redis_is_unreachable(
@@ -36,3 +37,34 @@ async def test_rate_limits_count_in_postgres_while_redis_is_unreachable(
     counted = await db_conn.fetchval("SELECT count(*) FROM rate_limits WHERE key LIKE 'signup:%'")
     assert statuses == [202, 202, 429]
     assert counted > 0
+
+
+async def test_events_keep_arriving_after_redis_loses_its_data(
+    make_settings: Callable[..., Settings], redis_url: str
+) -> None:
+    # A Redis restarted without persistence starts from nothing, its event sequence too:
+    # ids must still grow, or the fan-out, which drops ids it has seen, drops the new events.
+    from redis.asyncio import Redis
+
+    from app.services import open_services
+
+    settings = make_settings(redis_url=await flushed_redis(redis_url), pubsub_backend="redis")
+    async with open_services(settings) as services:
+        broker = services.broker
+        subscription = await broker.subscribe(["user:1"])
+        try:
+            first = await broker.publish("user:1", {"n": 1})
+            assert (await asyncio.wait_for(anext(subscription), 5)).payload == {"n": 1}
+            client = Redis.from_url(redis_url)
+            try:
+                await client.flushall()
+            finally:
+                await client.aclose()
+            second = await broker.publish("user:1", {"n": 2})
+            received = await asyncio.wait_for(anext(subscription), 5)
+        finally:
+            await broker.unsubscribe(subscription)
+    assert first is not None
+    assert second is not None
+    assert second > first
+    assert received.payload == {"n": 2}

@@ -45,12 +45,26 @@ RETRY_FIRST_DELAY = 0.1
 RETRY_MAX_DELAY = 2.0
 
 PUBLISH_SCRIPT = """
-local id = redis.call('INCR', KEYS[1])
+local id
+if redis.call('EXISTS', KEYS[1]) == 1 then
+    id = redis.call('INCR', KEYS[1])
+else
+    local now = redis.call('TIME')
+    id = tonumber(now[1]) * 1000000 + tonumber(now[2])
+    redis.call('SET', KEYS[1], string.format('%d', id))
+end
+id = string.format('%d', id)
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], id .. '-0', 'p', ARGV[1])
 redis.call('EXPIRE', KEYS[2], ARGV[3])
 redis.call('PUBLISH', KEYS[3], id .. ' ' .. ARGV[1])
 return id
 """
+# A missing sequence starts from the server's clock in microseconds, not from 1: when Redis
+# loses its data (a restart without persistence, a failover, a flush) the ids it hands out
+# next are still larger than every id before, so processes that remember recent ids (the
+# fan-out drops an id it has seen) and clients resuming by Last-Event-ID miss nothing. It
+# holds while fewer than a million events a second were published on average, and the ids
+# stay below 2**53 (exact in Lua's doubles and in JavaScript) until the year 2255.
 
 
 class RedisBroker(NotifiedBroker):
