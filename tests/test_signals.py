@@ -265,3 +265,23 @@ async def test_advisor_answers_while_a_table_is_locked(
         await transaction.rollback()
     assert signal_of(report, "db.largest_tables").status == "ok"
     assert signal_of(report, "db.idle_in_transaction").status == "ok"
+
+
+async def test_sampling_job_records_every_signal_and_pruning_drops_old_samples(
+    open_with: OpenWith, db_conn: asyncpg.Connection
+) -> None:
+    await db_conn.execute(
+        "INSERT INTO signal_samples (key, sampled_at, status)"
+        " VALUES ('old', now() - interval '8 days', 'ok')"
+    )
+    async with open_with() as services:
+        sample = services.jobs.registry.get("pgfirst.sample_signals")
+        prune = services.jobs.registry.get("pgfirst.prune_signals")
+        assert sample is not None
+        assert prune is not None
+        fired = await sample.handler()
+        await prune.handler()
+    keys = await db_conn.fetch("SELECT key, status FROM signal_samples")
+    assert "old" not in {row["key"] for row in keys}
+    assert len(keys) == 26
+    assert fired == sum(1 for row in keys if row["status"] in ("warn", "critical"))
