@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from app.config import Settings
 from app.db import Connection, Database
 from app.signals import database as dbs
-from app.signals import history
+from app.signals import history, queue
 from app.signals.application import application_signals
 from app.signals.model import FIRED, SEVERITY, Report, Signal, Stage, signal, unknown_signal
 from app.signals.process import live_reports
@@ -73,8 +73,8 @@ async def measure(db: Database, settings: Settings, *, record: bool = False) -> 
         signals = await dbs.connection_signals(conn, s)
         signals += await dbs.health_signals(conn, s)
         signals.append(await dbs.slow_query_signal(conn, s))
-        signals += await dbs.job_signals(conn, s)
-        signals.append(await dbs.default_partition_signal(conn, s))
+        signals += await queue.job_signals(conn, s)
+        signals.append(await queue.default_partition_signal(conn, s))
         signals += await _rate_signals(conn, s, record=record)
         signals.append(await _replica_signal(conn, s))
     combined = await live_reports(db, s)
