@@ -3,10 +3,9 @@
 Every query here reads a statistics view, a catalog or an index, never a user table in
 full, and none takes a lock on a user table (sizes come from pg_class, not
 pg_relation_size): on a database of a million tasks each takes well under a few milliseconds
-(``scripts/bench_signals.py``; docs/benchmarks.md). Counts that could be large are capped
-(``LIMIT`` inside) so a backlog of millions costs what a backlog at the critical threshold
-does. Activity views are read for the current database only, so a shared server's other
-databases do not fire this one's signals.
+(``scripts/bench_signals.py``; docs/benchmarks.md). Activity views are read for the
+current database only, so a shared server's other databases do not fire this one's
+signals. The job queue's and activity log's signals are in queue.py.
 """
 
 from __future__ import annotations
