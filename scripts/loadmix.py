@@ -294,7 +294,9 @@ async def seed(base: str, dsn: str, users: int, tasks_each: int, api_users: int)
                 "SELECT id, title FROM tasks WHERE user_id = $1 ORDER BY id", account.user_id
             )
             account.tasks = [row["id"] for row in owned]
-            account.words = sorted({w for row in owned for w in row["title"].split()})[:20]
+            # Search terms from the user's own titles (a word in case there is none).
+            titled = sorted({w for row in owned for w in row["title"].split()})[:20]
+            account.words = titled or ["task"]
             account.projects = [
                 row["id"]
                 for row in await conn.fetch(
@@ -544,7 +546,7 @@ class Generator:
             return "POST /api/auth/login", (await request("POST", "/api/auth/login", "", body))[0]
         if op.startswith("search_"):
             mode = op.removeprefix("search_")
-            text = " ".join(rng.sample(account.words, min(2 if mode == "hybrid" else 1, 2)))
+            text = " ".join(rng.choices(account.words, k=2 if mode == "hybrid" else 1))
             if mode == "fuzzy" and len(text) > 4:  # a typo: one letter dropped
                 cut = rng.randrange(1, len(text) - 1)
                 text = text[:cut] + text[cut + 1 :]
@@ -554,8 +556,8 @@ class Generator:
             self.counter += 1
             body = orjson.dumps(
                 {
-                    "title": f"New {' '.join(rng.sample(account.words, 2))} {self.counter}",
-                    "body": "Written under load " + " ".join(rng.sample(account.words, 5)),
+                    "title": f"New {' '.join(rng.choices(account.words, k=2))} {self.counter}",
+                    "body": "Written under load " + " ".join(rng.choices(account.words, k=5)),
                     "project_id": rng.choice(account.projects),
                 }
             )
