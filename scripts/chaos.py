@@ -64,11 +64,18 @@ from scripts.streamkit import (
 
 REQUEST_TIMEOUT = 10.0
 NOOP_JOB = "chaos.noop"
+SLOW_JOB = "chaos.slow"
 
 
 @job(name=NOOP_JOB)
 async def noop(n: int) -> None:
     """The filler of the job queue: runs in no time, so the drain is all queue overhead."""
+
+
+@job(name=SLOW_JOB, timeout=30)
+async def slow(n: int) -> None:
+    """Long enough to be still running in a worker when it is killed."""
+    await asyncio.sleep(3)
 
 
 # --- load and observation ------------------------------------------------------------------------
@@ -352,12 +359,40 @@ async def start_worker(env: dict[str, str]) -> asyncio.subprocess.Process:
     )
 
 
-async def kill_worker(processes: list[asyncio.subprocess.Process], env: dict[str, str]) -> str:
-    victim = processes[0]
-    victim.send_signal(signal.SIGKILL)
-    await victim.wait()
-    processes[0] = await start_worker(env)
-    return f"worker pid {victim.pid} killed, a new one started"
+ENQUEUE_SLOW = """
+INSERT INTO jobs (name, args) SELECT $1, jsonb_build_object('n', n) FROM generate_series(1, $2) n
+"""
+# Worker ids are "<host>:<pid>:<random>": running slow jobs per worker process id.
+HELD_BY_PID = """
+SELECT split_part(locked_by, ':', 2) AS pid, count(*) AS held FROM jobs
+WHERE name = $1 AND state = 'running'
+GROUP BY 1
+ORDER BY 2 DESC
+"""
+
+
+async def kill_worker(
+    processes: list[asyncio.subprocess.Process], env: dict[str, str], jobs: int = 40
+) -> str:
+    """SIGKILL a worker while it is running some of ``jobs`` three-second jobs."""
+    by_pid = {str(process.pid): n for n, process in enumerate(processes)}
+    conn = await asyncpg.connect(env["DATABASE_URL"])
+    try:
+        await conn.execute(ENQUEUE_SLOW, SLOW_JOB, jobs)
+        victim, held = 0, 0
+        for _ in range(600):  # 30 s: a worker started just now may still be importing
+            rows = [row for row in await conn.fetch(HELD_BY_PID, SLOW_JOB) if row[0] in by_pid]
+            if rows:
+                victim, held = by_pid[rows[0][0]], int(rows[0][1])
+                break
+            await asyncio.sleep(0.05)  # a claim has no event to await from outside
+    finally:
+        await conn.close()
+    killed = processes[victim]
+    killed.send_signal(signal.SIGKILL)
+    await killed.wait()
+    processes[victim] = await start_worker(env)
+    return f"worker killed while running {held} of the {jobs} slow jobs; a new one started"
 
 
 @dataclass
@@ -458,7 +493,8 @@ SELECT
     extract(epoch FROM max(finished_at) FILTER (WHERE name = $1)
                      - min(created_at) FILTER (WHERE name = $1)) AS fill_drained_in,
     count(*) FILTER (WHERE name <> $1) AS others,
-    count(*) FILTER (WHERE attempt > 1) AS run_again
+    count(*) FILTER (WHERE attempt > 1) AS run_again,
+    count(*) FILTER (WHERE name = $2 AND attempt > 1) AS slow_run_again
 FROM jobs
 """
 
@@ -467,14 +503,15 @@ async def job_figures(dsn: str) -> str:
     """The filler's drain time and how many jobs ran more than once (rescued leases)."""
     conn = await asyncpg.connect(dsn)
     try:
-        row = await conn.fetchrow(JOB_FIGURES, NOOP_JOB)
+        row = await conn.fetchrow(JOB_FIGURES, NOOP_JOB, SLOW_JOB)
     finally:
         await conn.close()
     assert row is not None
     drained = f"{row['fill_drained_in']:.0f} s" if row["fill_drained_in"] is not None else "-"
     return (
         f"{row['filled']} filler jobs, enqueue to last one done {drained}; "
-        f"{row['others']} other jobs; {row['run_again']} ran more than once"
+        f"{row['others']} other jobs; {row['run_again']} ran more than once "
+        f"({row['slow_run_again']} of them held by the killed worker)"
     )
 
 

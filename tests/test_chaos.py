@@ -15,6 +15,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from app.config import Settings, load_settings
@@ -22,6 +23,7 @@ from app.db import migrate
 from app.db.embedded import EmbeddedPostgres
 from app.services import open_services
 from scripts.chaos import (
+    SLOW_JOB,
     Fault,
     Phase,
     RedisServer,
@@ -114,7 +116,16 @@ async def test_every_job_runs_after_a_worker_is_killed_mid_queue(
         ("worker SIGKILL", lambda: kill_worker(running_workers, chaos_env)),  # type: ignore[arg-type]
     )
     assert_nothing_lost(result)
+    assert not result.reports[0].note.startswith("worker killed while running 0 ")
     assert await unfinished_jobs(chaos_env["DATABASE_URL"], within=30) == {}
+    conn = await asyncpg.connect(chaos_env["DATABASE_URL"])
+    try:
+        rerun = await conn.fetchval(
+            "SELECT count(*) FROM jobs WHERE name = $1 AND attempt > 1", SLOW_JOB
+        )
+    finally:
+        await conn.close()
+    assert rerun > 0, result.reports[0].note  # the killed worker's jobs were rescued and run again
 
 
 async def test_an_event_committed_while_redis_is_away_reaches_subscribers_once_it_is_back(
