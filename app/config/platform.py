@@ -96,6 +96,12 @@ class DatabaseSettings(BaseModel):
     db_command_timeout: float = Field(
         30.0, gt=0, description="Seconds before a query is cancelled."
     )
+    db_pool_acquire_timeout: float = Field(
+        5.0,
+        gt=0,
+        description="Seconds a caller waits for a free pool connection; a request then "
+        "gets 503 with Retry-After instead of queueing past its client's timeout.",
+    )
     embedded_pg_dir: Path = Field(
         PROJECT_ROOT / ".data" / "pg",
         description="Data directory of the embedded PostgreSQL used when DATABASE_URL is unset.",

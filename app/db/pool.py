@@ -21,7 +21,9 @@ state (``app db check-pooler`` looks for it).
 
 The time spent waiting for a free connection is measured on every acquire: a pool that is
 too small shows up there (the "connection pool exhausted" signal) before it shows up as
-timeouts.
+timeouts. The wait is bounded (``DB_POOL_ACQUIRE_TIMEOUT``): past it asyncpg raises
+TimeoutError, which a request answers with 503 and Retry-After (the server sheds load
+instead of queueing work its clients have given up on) and a worker retries with backoff.
 """
 
 from __future__ import annotations
@@ -119,7 +121,8 @@ class Database:
         started = perf_counter()
         chosen = await self.replicas.acquire_read() if read and self.replicas else None
         if chosen is None:
-            pool, conn = self.primary, await self.primary.acquire()
+            timeout = self.settings.db_pool_acquire_timeout
+            pool, conn = self.primary, await self.primary.acquire(timeout=timeout)
         else:
             pool, conn = chosen
         DB_POOL_ACQUIRE_SECONDS.observe(perf_counter() - started)
