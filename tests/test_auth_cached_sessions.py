@@ -90,7 +90,7 @@ async def test_a_password_change_ends_every_cached_session_at_once(
 async def test_a_cached_session_state_lives_at_most_the_auth_ttl(
     make_settings: Callable[..., Settings], db_conn: asyncpg.Connection
 ) -> None:
-    app = create_app(make_settings(cache_auth_ttl_seconds=3600))
+    app = create_app(make_settings(cache_backend="postgres", cache_auth_ttl_seconds=3600))
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
