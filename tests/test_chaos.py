@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -145,3 +146,32 @@ async def test_an_event_committed_while_redis_is_away_reaches_subscribers_once_i
             assert event.payload == {"n": 1}
     finally:
         redis.stop()
+
+
+async def test_a_replay_that_fails_after_a_reconnect_is_retried_until_it_succeeds(
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with open_services(make_settings(pubsub_backend="postgres")) as services:
+        broker: Any = services.broker
+        subscription = await broker.subscribe(["chaos:replay"])
+        read_back = broker._events_since
+        failures = [asyncpg.InternalClientError("another operation (2) is in progress")]
+
+        async def fails_once(*args: Any) -> Any:
+            if failures:  # a pooled connection the restart ended, as asyncpg reports it
+                raise failures.pop()
+            return await read_back(*args)
+
+        monkeypatch.setattr(broker, "_events_since", fails_once)
+        async with services.db.acquire() as conn:
+            # Stored without a NOTIFY: only the replay after the reconnect can deliver it.
+            await conn.execute(
+                "INSERT INTO events (channel, payload) VALUES ($1, $2)", "chaos:replay", {"n": 1}
+            )
+            await conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND application_name = 'pgfirst-direct'"
+            )
+        event = await asyncio.wait_for(anext(subscription), 20)
+        assert event.payload == {"n": 1}
+        assert not failures

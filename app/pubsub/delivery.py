@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 # A replay after a reconnect looks this many ids back from the last one delivered, to
 # cover events whose ids were assigned before the gap but delivered after it.
 REPLAY_LOOKBACK_IDS = 1_000
+REPLAY_RETRY_FIRST_DELAY = 0.1
+REPLAY_RETRY_MAX_DELAY = 5.0
 
 
 class NotifiedBroker:
@@ -101,17 +103,29 @@ class NotifiedBroker:
             self._spawn(self._replay_gap())
 
     async def _replay_gap(self) -> None:
-        channels = self.fanout.channels()
-        if not channels:
-            return
-        since = max(0, self.fanout.last_id - REPLAY_LOOKBACK_IDS)
-        try:
-            async with self._dispatching:
-                for event in await self._events_since(channels, since, None):
-                    self._dispatch(event)
-        except self.replay_errors as exc:
-            log.warning("pubsub: replay after reconnect failed: %s", exc)
-            self._missed = True  # try again at the next reconnect
+        # The store can still be failing when the notifier is back (pooled connections
+        # the same restart ended): retry until it answers, unless the notifier is lost
+        # again, whose own reconnect then replays.
+        delay = REPLAY_RETRY_FIRST_DELAY
+        while True:
+            channels = self.fanout.channels()
+            if not channels:
+                return
+            since = max(0, self.fanout.last_id - REPLAY_LOOKBACK_IDS)
+            try:
+                async with self._dispatching:
+                    for event in await self._events_since(channels, since, None):
+                        self._dispatch(event)
+                return
+            except self.replay_errors as exc:
+                if not self.notifier.connected:
+                    self._missed = True
+                    return
+                log.warning(
+                    "pubsub: replay after reconnect failed (%s); again in %.1fs", exc, delay
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, REPLAY_RETRY_MAX_DELAY)
 
     def _dispatch(self, event: Event) -> None:
         emptied = self.fanout.dispatch(event)

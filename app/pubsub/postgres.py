@@ -96,7 +96,14 @@ WHERE id = ANY(ARRAY(
 
 class PostgresBroker(NotifiedBroker):
     topic_prefix = NOTIFY_PREFIX
-    replay_errors = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+    # InternalClientError: asyncpg's word for a pooled connection the server ended while
+    # it sat idle (a restart), which is not an InterfaceError.
+    replay_errors = (
+        OSError,
+        asyncpg.PostgresError,
+        asyncpg.InterfaceError,
+        asyncpg.InternalClientError,
+    )
 
     def __init__(
         self,
