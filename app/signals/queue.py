@@ -1,7 +1,8 @@
 """Signals of the job queue and the activity log, read from their tables by index.
 
-Counts are capped (``LIMIT`` inside): past ten times the critical threshold the answer is
-critical whatever the exact number, and a backlog of millions costs what one at the cap does.
+Counts stop at the critical threshold (``LIMIT`` inside): past it the answer is critical
+whatever the exact number, and a backlog of millions costs what one at the threshold does
+(100,000 jobs counted in full took 21 ms; to 10,000, about 2).
 """
 
 from __future__ import annotations
@@ -35,7 +36,10 @@ FROM priorities p WHERE p.priority IS NOT NULL
 DEAD_JOBS = """
 SELECT count(*) FROM (
     SELECT 1 FROM jobs
-    WHERE finished_at > now() - make_interval(secs => $1) AND state = 'dead' LIMIT $2
+    WHERE finished_at > now() - make_interval(secs => $1) AND state = 'dead'
+    -- The order makes the planner walk jobs_finished from the newest even in a generic
+    -- plan (where the cutoff is unknown and a scan of the table looked as cheap).
+    ORDER BY finished_at DESC LIMIT $2
 ) AS dead
 """
 DEFAULT_PARTITION_ROWS = """
@@ -44,11 +48,11 @@ SELECT count(*) FROM (SELECT 1 FROM activity_logs_default LIMIT $1) AS stray
 
 
 async def job_signals(conn: Connection, s: Settings) -> list[Signal]:
-    cap = s.signal_queue_depth_critical * 10
+    cap = s.signal_queue_depth_critical
     depth = float(await conn.fetchval(QUEUE_DEPTH, cap))
     wait = await conn.fetchval(OLDEST_JOB)
     window = s.signal_window_seconds
-    dead = float(await conn.fetchval(DEAD_JOBS, window, s.signal_dead_jobs_critical * 10))
+    dead = float(await conn.fetchval(DEAD_JOBS, window, s.signal_dead_jobs_critical))
     more_workers = (
         "jobs wait for a worker: run more `app worker` processes (or raise "
         "JOBS_CONCURRENCY), and JOBS_INLINE_WORKER=false so web processes serve only HTTP"
@@ -63,7 +67,7 @@ async def job_signals(conn: Connection, s: Settings) -> list[Signal]:
             0,
             fired=more_workers,
             ok="workers keep up",
-            details=[f"counted up to {cap:,}"] if depth >= cap else [],
+            details=[f"counted up to the critical threshold, {cap:,}"] if depth >= cap else [],
         ),
         signal(
             "jobs.oldest_wait_seconds",
@@ -90,7 +94,7 @@ async def job_signals(conn: Connection, s: Settings) -> list[Signal]:
 
 
 async def default_partition_signal(conn: Connection, s: Settings) -> Signal:
-    cap = s.signal_default_partition_rows_critical * 10
+    cap = s.signal_default_partition_rows_critical
     rows = float(await conn.fetchval(DEFAULT_PARTITION_ROWS, cap))
     return signal(
         "activity.default_partition_rows",
