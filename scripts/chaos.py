@@ -63,6 +63,8 @@ from scripts.streamkit import (
 )
 
 REQUEST_TIMEOUT = 10.0
+OPS_TOKEN = "chaos-ops-token-0123456789abcdef"  # noqa: S105 - a throwaway server
+OPS = {"Authorization": f"Bearer {OPS_TOKEN}"}  # /readyz then says what is not ready
 NOOP_JOB = "chaos.noop"
 SLOW_JOB = "chaos.slow"
 
@@ -273,13 +275,16 @@ async def wait_ready(server: Server, within: float) -> None:
         while True:
             if server.process.returncode is not None:
                 raise RuntimeError("the app process exited:\n" + "".join(server.stderr[-40:]))
+            last = ""
             try:
-                if (await client.get("/readyz")).status_code == 200:
+                answer = await client.get("/readyz", headers=OPS)
+                if answer.status_code == 200:
                     return
-            except httpx.HTTPError:
-                pass
+                last = answer.text
+            except httpx.HTTPError as exc:
+                last = repr(exc)
             if time.monotonic() > deadline:
-                raise RuntimeError(f"/readyz not 200 within {within} s")
+                raise RuntimeError(f"/readyz not 200 within {within} s: {last[:500]}")
             await asyncio.sleep(0.2)
 
 
@@ -593,6 +598,7 @@ def base_env(dsn: str) -> dict[str, str]:
         "ARGON2_MEMORY_KIB": "1024",
         "JOBS_LEASE_SECONDS": "3",
         "JOBS_POLL_INTERVAL": "0.5",
+        "OPS_TOKEN": OPS_TOKEN,
     }
 
 
