@@ -21,7 +21,13 @@ OPS = {"Authorization": "Bearer ops-secret"}
 
 @pytest.fixture
 def settings(make_settings: Callable[..., Settings]) -> Settings:
-    return make_settings(ops_token="ops-secret", signal_queue_depth_warn=2)
+    # Backends named: a pooler or Redis from the suite mode would move the stage on.
+    return make_settings(
+        ops_token="ops-secret",
+        signal_queue_depth_warn=2,
+        db_pool_mode="direct",
+        cache_backend="postgres",
+    )
 
 
 def chromium() -> str:
