@@ -137,7 +137,9 @@ BearerCredentials = Annotated[HTTPAuthorizationCredentials | None, Security(bear
 
 
 def _token(credentials: HTTPAuthorizationCredentials | None) -> str | None:
-    return credentials.credentials.strip() or None if credentials is not None else None
+    if credentials is None:
+        return None
+    return credentials.credentials.strip() or None
 
 
 async def _current_session(
