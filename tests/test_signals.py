@@ -176,7 +176,9 @@ async def test_reads_dominating_under_load_fire_the_read_share(
     open_with: OpenWith, db_conn: asyncpg.Connection
 ) -> None:
     async with open_with(
-        signal_read_min_statements_per_second=1, signal_read_share_critical=2
+        signal_read_min_statements_per_second=1,
+        signal_read_share_critical=2,
+        signal_rate_min_window_seconds=0,
     ) as services:
         await measure(services.db, services.settings, record=True)  # the counters' baseline
         for _ in range(300):
@@ -184,6 +186,19 @@ async def test_reads_dominating_under_load_fire_the_read_share(
         found = await read(services, "db.read_share")
     assert found.status == "warn"
     assert "DATABASE_REPLICA_URLS" in found.recommendation
+
+
+async def test_a_rate_over_a_too_short_window_grades_nothing(
+    open_with: OpenWith, db_conn: asyncpg.Connection
+) -> None:
+    # A burst right after a sample would read as thousands of statements per second.
+    async with open_with(signal_read_min_statements_per_second=1) as services:
+        await measure(services.db, services.settings, record=True)
+        for _ in range(300):
+            await db_conn.fetchval("SELECT count(*) FROM users")
+        found = await read(services, "db.read_share")
+    assert found.status == "unknown"
+    assert "a rate needs 10 s" in found.recommendation
 
 
 async def test_replica_urls_without_a_streaming_replica_are_critical(
@@ -242,7 +257,9 @@ async def test_activity_rows_in_the_default_partition_fire(
 async def test_publish_rate_is_measured_between_samples(
     open_with: OpenWith,
 ) -> None:
-    async with open_with(signal_publish_rate_warn=1, pubsub_backend="postgres") as services:
+    async with open_with(
+        signal_publish_rate_warn=1, pubsub_backend="postgres", signal_rate_min_window_seconds=0
+    ) as services:
         first = await read(services, "pubsub.publish_rate", record=True)
         for n in range(50):
             await services.broker.publish("signals-test", {"n": n})

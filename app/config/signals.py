@@ -52,6 +52,12 @@ class SignalSettings(BaseModel):
     signal_read_min_statements_per_second: float = Field(
         50, description="Load below which the read share is not graded (pgfirst's choice)."
     )
+    signal_rate_min_window_seconds: float = Field(
+        10,
+        ge=0,
+        description="Shortest time between recorded samples over which a rate (read share, "
+        "publish rate) is graded (pgfirst's choice).",
+    )
     signal_connections_share: float = Field(0.7, description="Connections / max_connections.")
     signal_connections_critical_share: float = Field(
         0.9, description="Connections / max_connections, critical."

@@ -56,6 +56,7 @@ STAGE_SIGNALS = {
 STAGE_REQUESTS_PER_MINUTE = {3: 1_000.0, 2: 10.0}
 COUNTERS = ["statements.reads", "statements.total", "events.published"]
 NO_PREVIOUS = "a rate needs a recorded sample (pgfirst.sample_signals, every minute)"
+TOO_RECENT = "the last recorded sample is {age:.1f} s old; a rate needs {window:g} s"
 SESSION_LOCKS = """
 SELECT count(DISTINCT a.pid) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
 WHERE l.locktype = 'advisory' AND a.state = 'idle' AND a.datname = current_database()
@@ -122,10 +123,22 @@ async def _rate_signals(conn: Connection, s: Settings, *, record: bool) -> list[
     if record:
         await history.write_counters(conn, current)
 
+    # A rate over a few milliseconds is noise (one burst reads as thousands per second), so
+    # a sample younger than the window grades nothing.
+    window = s.signal_rate_min_window_seconds
+    ages = [previous[name][1] for name in COUNTERS if name in previous]
+    no_rate = (
+        TOO_RECENT.format(age=min(ages), window=window)
+        if ages and min(ages) < window
+        else NO_PREVIOUS
+    )
+
     def rate(name: str) -> tuple[float, float] | None:
-        if name not in previous or name not in current or previous[name][1] <= 0:
+        if name not in previous or name not in current:
             return None
         value, age = previous[name]
+        if age <= 0 or age < window:
+            return None
         return max(current[name] - value, 0.0), age
 
     found: list[Signal] = []
@@ -135,7 +148,7 @@ async def _rate_signals(conn: Connection, s: Settings, *, record: bool) -> list[
         why = await dbs.statements_available(conn) or ""
         found.append(unknown_signal(key, "ratio", warn, critical, 0, why))
     elif total is None or reads is None:
-        found.append(unknown_signal(key, "ratio", warn, critical, 0, NO_PREVIOUS))
+        found.append(unknown_signal(key, "ratio", warn, critical, 0, no_rate))
     else:
         per_second = total[0] / total[1]
         loaded = per_second >= s.signal_read_min_statements_per_second
@@ -186,7 +199,7 @@ async def _rate_signals(conn: Connection, s: Settings, *, record: bool) -> list[
             )
         )
     elif events is None:
-        found.append(unknown_signal(key, "events/s", warn, critical, 0, NO_PREVIOUS))
+        found.append(unknown_signal(key, "events/s", warn, critical, 0, no_rate))
     else:
         found.append(
             signal(
