@@ -26,6 +26,7 @@ from app.observability.middleware import RequestMiddleware
 from app.observability.router import private_openapi_router
 from app.observability.router import router as health_router
 from app.pubsub.router import router as events_router
+from app.runtime import freeze_startup_heap
 from app.search.router import router as search_router
 from app.services import open_services
 from app.signals import ProcessReporter
@@ -51,6 +52,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if settings.run_inline_worker:
                 worker = Worker(services.jobs)
                 worker_task = asyncio.create_task(worker.run(), name="inline-worker")
+            if settings.gc_freeze_after_startup:
+                freeze_startup_heap()
             try:
                 yield
             finally:

@@ -1,7 +1,7 @@
 """1,000 live SSE clients and a WebSocket share on one ``app serve`` process.
 
     .venv/bin/python -m scripts.bench_streams [--users 100] [--sse-per-user 10] \
-        [--ws 100] [--slow 10] [--rounds-per-second 5] [--seconds 20]
+        [--ws 100] [--slow 10] [--rounds-per-second 5] [--seconds 20] [--no-gc-freeze]
 
 Starts a throwaway embedded PostgreSQL (or uses DATABASE_URL) and one ``app serve``
 process (WEB_CONCURRENCY=1), makes ``--users`` accounts, and connects from two client
@@ -251,6 +251,8 @@ async def measure(dsn: str, options: argparse.Namespace) -> None:
         "LOG_LEVEL": "WARNING",
         "JOBS_INLINE_WORKER": "false",
         "ARGON2_MEMORY_KIB": "1024",
+        # As a deployed server has it (ENV=test turns it off); --no-gc-freeze to compare.
+        "GC_FREEZE_AFTER_STARTUP": str(options.gc_freeze).lower(),
     }
     os.environ.update(env)
     users = await make_users(options.users + options.slow, f"streams-{int(time.time())}")
@@ -329,7 +331,8 @@ def report(
     load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
     print(
         f"streams on one app serve process, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
-        f" ({os.cpu_count()} CPUs, load average {load})"
+        f" ({os.cpu_count()} CPUs, load average {load}; "
+        f"GC_FREEZE_AFTER_STARTUP={str(options.gc_freeze).lower()})"
     )
     print(
         f"connected: {connected} ({options.users} users x {options.sse_per_user} SSE, "
@@ -381,6 +384,12 @@ def main() -> None:
     parser.add_argument("--slow", type=int, default=4, help="SSE clients that stop reading")
     parser.add_argument("--rounds-per-second", type=float, default=5)
     parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument(
+        "--gc-freeze",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the server's GC_FREEZE_AFTER_STARTUP (app/runtime.py)",
+    )
     options = parser.parse_args()
     if options.client:
         asyncio.run(run_clients(json.loads(sys.stdin.readline())))

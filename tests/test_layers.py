@@ -22,6 +22,7 @@ PACKAGE_LAYER = {
     "db": "core",
     "observability": "core",
     "pagination": "core",
+    "runtime": "core",
     "notifier": "infrastructure",
     "jobs": "infrastructure",
     "cache": "infrastructure",

@@ -32,6 +32,7 @@ def worker(
 ) -> None:
     """Run background jobs until SIGTERM/SIGINT (graceful: finish, then release)."""
     from app.jobs.worker import Worker
+    from app.runtime import freeze_startup_heap
 
     current = settings()
     configure_logging(current)
@@ -39,6 +40,8 @@ def worker(
 
     async def run(services: Services) -> None:
         runner = Worker(services.jobs, queues=wanted, concurrency=concurrency, burst=burst)
+        if current.gc_freeze_after_startup:
+            freeze_startup_heap()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, runner.stop)

@@ -49,6 +49,12 @@ class RuntimeSettings(BaseModel):
         description="Serve /metrics to anyone. Default: true except in production, where "
         "a scraper sends OPS_TOKEN (or an admin's token) as a bearer token.",
     )
+    gc_freeze_after_startup: bool | None = Field(
+        None,
+        description="Exempt the objects alive after startup from garbage collection "
+        "(gc.freeze; app/runtime.py): full collections then skip them. Default: true "
+        "except ENV=test.",
+    )
     api_docs_public: bool | None = Field(
         None,
         description="Serve /docs, /redoc and /openapi.json to anyone. Default: true except in "

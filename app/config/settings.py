@@ -76,6 +76,8 @@ class Settings(
             raise ValueError("DB_POOL_MIN must not exceed DB_POOL_MAX")
         if self.jobs_inline_worker is None:
             object.__setattr__(self, "jobs_inline_worker", self.env == "development")
+        if self.gc_freeze_after_startup is None:
+            object.__setattr__(self, "gc_freeze_after_startup", self.env != "test")
         for exposure in ("metrics_public", "api_docs_public"):
             if getattr(self, exposure) is None:
                 object.__setattr__(self, exposure, self.env != "production")

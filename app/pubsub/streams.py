@@ -77,12 +77,25 @@ async def _sse_body(
 
 
 def _sse_frame(event: Event) -> bytes:
-    name = str(event.payload.get("type", "message")).replace("\n", " ")
-    return b"id: %d\nevent: %s\ndata: %s\n\n" % (
-        event.id,
-        name.encode(),
-        orjson.dumps(event.payload),
-    )
+    frame = event.encoded.get("sse")
+    if frame is None:
+        name = str(event.payload.get("type", "message")).replace("\n", " ")
+        frame = b"id: %d\nevent: %s\ndata: %s\n\n" % (
+            event.id,
+            name.encode(),
+            orjson.dumps(event.payload),
+        )
+        event.encoded["sse"] = frame
+    return frame
+
+
+def _websocket_message(event: Event) -> str:
+    message = event.encoded.get("websocket")
+    if message is None:
+        name = event.payload.get("type", "message")
+        message = orjson.dumps({"id": event.id, "event": name, "data": event.payload})
+        event.encoded["websocket"] = message
+    return message.decode()
 
 
 async def run_websocket(
@@ -96,32 +109,26 @@ async def run_websocket(
     """Accept the socket and forward events until either side goes away."""
     subscription = await broker.subscribe(channels, since=since)
     await websocket.accept()
-    # The client sends nothing we need, but reading is how a close from its side is seen.
-    watcher = asyncio.create_task(_wait_for_close(websocket))
+    # The client sends nothing we need, but reading is how a close from its side is seen;
+    # the watcher then ends the subscription, which ends the loop below. One task per
+    # socket, none per event.
+    watcher = asyncio.create_task(_unsubscribe_on_close(websocket, broker, subscription))
     try:
-        while not watcher.done():
-            next_event = asyncio.ensure_future(anext(subscription))
-            done, _ = await asyncio.wait(
-                {next_event, watcher}, timeout=heartbeat, return_when=asyncio.FIRST_COMPLETED
-            )
-            if next_event not in done:
-                next_event.cancel()
-                with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
-                    await next_event
-                if not done:
-                    await websocket.send_json({"event": "ping"})
-                continue
+        while True:
             try:
-                event = next_event.result()
+                async with asyncio.timeout(heartbeat):
+                    event = await anext(subscription)
+            except TimeoutError:
+                await websocket.send_json({"event": "ping"})
+                continue
             except StopAsyncIteration:
-                await websocket.close(code=1001)
+                if not watcher.done():  # the server is stopping, not the client gone
+                    await websocket.close(code=1001)
                 return
             except SubscriberDropped as dropped:
                 await websocket.close(code=1013, reason=str(dropped)[:120])
                 return
-            message = {"id": event.id, "event": event.payload.get("type", "message")}
-            message["data"] = event.payload
-            await websocket.send_text(orjson.dumps(message).decode())
+            await websocket.send_text(_websocket_message(event))
     except WebSocketDisconnect:
         pass
     finally:
@@ -129,6 +136,10 @@ async def run_websocket(
         await broker.unsubscribe(subscription)
 
 
-async def _wait_for_close(websocket: WebSocket) -> None:
-    while (await websocket.receive())["type"] != "websocket.disconnect":
-        pass
+async def _unsubscribe_on_close(
+    websocket: WebSocket, broker: Broker, subscription: Subscription
+) -> None:
+    with contextlib.suppress(WebSocketDisconnect, RuntimeError):
+        while (await websocket.receive())["type"] != "websocket.disconnect":
+            pass
+    await broker.unsubscribe(subscription)

@@ -1,0 +1,38 @@
+"""The garbage collector's startup freeze (app/runtime.py)."""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Callable
+
+from app.config import Settings, load_settings
+from app.main import create_app
+
+
+def test_the_freeze_is_on_outside_tests() -> None:
+    assert load_settings(env="development").gc_freeze_after_startup is True
+    assert load_settings(env="test").gc_freeze_after_startup is False
+    assert load_settings(env="test", gc_freeze_after_startup=True).gc_freeze_after_startup
+
+
+async def test_a_started_app_has_frozen_its_startup_heap(
+    make_settings: Callable[..., Settings],
+) -> None:
+    app = create_app(make_settings(gc_freeze_after_startup=True))
+    assert gc.get_freeze_count() == 0
+    try:
+        async with app.router.lifespan_context(app):
+            frozen = gc.get_freeze_count()
+            # The services, the app and every module imported so far.
+            assert frozen > 50_000
+            assert app.state.services.db is not None
+    finally:
+        gc.unfreeze()  # this test process goes on starting apps
+
+
+async def test_apps_in_tests_leave_the_collector_alone(
+    make_settings: Callable[..., Settings],
+) -> None:
+    app = create_app(make_settings())
+    async with app.router.lifespan_context(app):
+        assert gc.get_freeze_count() == 0
