@@ -1,7 +1,7 @@
 """HTTP: the authenticated task list, the health check and login, with wrk.
 
-    uv run python -m scripts.bench_http [--duration 15] [--repeats 3] [--users 300]
-        [--cases list,health,login,many]
+    .venv/bin/python -m scripts.bench_http [--duration 15] [--repeats 3] [--users 300]
+        [--cases list,health,login,many] [--warmup 0]
 
 Starts `app serve` (one uvicorn worker, ENV=production settings otherwise default) on a
 throwaway embedded PostgreSQL, signs up a user with 40 tasks in 4 projects, then runs
@@ -18,7 +18,9 @@ throwaway embedded PostgreSQL, signs up a user with 40 tasks in 4 projects, then
   traffic rather than staying in L1.
 
 The cases of one repeat run back to back, in the order given, so their ratios compare
-runs made minutes apart on the same (possibly busy) machine.
+runs made minutes apart on the same (possibly busy) machine. Each measured run starts
+cold for its case (the other cases ran meanwhile, longer than the L1 TTL); ``--warmup N``
+runs the same wrk for N seconds first, unrecorded, to measure the steady state instead.
 
 Prints req/s, p50 and p99 (medians of the repeats). References measured on the same kind
 of machine for the popular full-stack FastAPI template: list ~240 req/s (p50 ~127 ms),
@@ -149,6 +151,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--users", type=int, default=300, help="accounts of the many case")
     parser.add_argument("--cases", default=",".join(CASES), help="comma-separated, in order")
+    parser.add_argument(
+        "--warmup", type=int, default=0, help="seconds of unrecorded wrk before each run"
+    )
     options = parser.parse_args()
     cases = [case for case in options.cases.split(",") if case]
     if unknown := set(cases) - set(CASES):
@@ -181,6 +186,8 @@ def main() -> None:
             results: dict[str, list[dict[str, object]]] = {case: [] for case in cases}
             for _ in range(options.repeats):
                 for case in cases:
+                    if options.warmup > 0:
+                        wrk(f"{base}{paths[case]}", options.warmup, scripts[case])
                     run = wrk(f"{base}{paths[case]}", options.duration, scripts[case])
                     results[case].append(run)
                     print(
@@ -194,7 +201,11 @@ def main() -> None:
             server.wait(timeout=30)
 
     labels = {"many": f"list, {options.users} users"}
-    print(f"wrk -t2 -c32 -d{options.duration}s, one uvicorn worker, medians of {options.repeats}")
+    warm = f", after {options.warmup}s of warm-up each" if options.warmup > 0 else ", cold"
+    print(
+        f"wrk -t2 -c32 -d{options.duration}s, one uvicorn worker, medians of {options.repeats}"
+        + warm
+    )
     print(f"{'endpoint':<22}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}  statuses (last run)")
     medians: dict[str, dict[str, float]] = {}
     for name, runs in results.items():

@@ -356,6 +356,56 @@ async def test_an_l1_copy_lives_at_most_the_l1_ttl(
     assert await cache.get("k") is None
 
 
+async def test_a_key_read_near_its_l1_expiry_is_refreshed_in_the_background(
+    clocked_cache: tuple[Cache, ManualClock],
+) -> None:
+    cache, clock = clocked_cache
+    backend = cache.backend
+    assert backend is not None
+    ttl = cache.settings.cache_l1_ttl_seconds
+    await cache.set("busy", "v1")  # in L1 for 0.8-1.0 x ttl, refresh asked from 0.6-0.75
+    await backend.set("busy", b'"v2"', 60, "")  # changed with no announcement
+    clock.advance(ttl * 0.78)
+    assert await cache.get("busy") == "v1"  # the reader gets L1's entry at once...
+
+    async def refreshed() -> int:
+        return cache.l1_refreshed
+
+    await eventually(refreshed, lambda n: n == 1)
+    # ...and L1 now holds the backend's value, with a new lifetime: past the first
+    # entry's end, with the key gone from the backend, only the refreshed entry answers.
+    assert await backend.delete(["busy"], "") == 1
+    clock.advance(ttl * 0.5)
+    assert await cache.get("busy") == "v2"
+    assert cache.reads[("busy", "l1_hit")] == 2
+
+
+async def test_a_get_or_set_key_in_steady_use_is_reloaded_before_it_expires(
+    clocked_cache: tuple[Cache, ManualClock],
+) -> None:
+    cache, clock = clocked_cache
+    backend = cache.backend
+    assert backend is not None
+    loads: list[int] = []
+
+    async def loader() -> int:
+        loads.append(len(loads) + 1)
+        return loads[-1]
+
+    assert await cache.get_or_set("steady", loader, ttl=4) == 1  # 4 s in L1, due from 3 s
+    assert await backend.delete(["steady"], "") == 1  # the backend's copy is gone
+    clock.advance(3.2)
+    assert await cache.get_or_set("steady", loader, ttl=4) == 1  # no wait for the reload
+
+    async def reloaded() -> list[int]:
+        return loads
+
+    await eventually(reloaded, lambda seen: seen == [1, 2])
+    clock.advance(3.2)  # past the first entry's end: the reloaded one answers from L1
+    assert await cache.get_or_set("steady", loader, ttl=4) == 2
+    assert loads == [1, 2]
+
+
 async def test_get_many_keeps_what_it_read_in_l1(new_cache: CacheFactory) -> None:
     cache = await new_cache()
     backend = cache.backend

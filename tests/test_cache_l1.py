@@ -7,7 +7,7 @@ from typing import cast
 
 import pytest
 
-from app.cache.invalidation import L1_TTL_SPREAD, WRITTEN_KEPT, L1Tier
+from app.cache.invalidation import L1_REFRESH_AHEAD, L1_TTL_SPREAD, WRITTEN_KEPT, L1Tier
 from app.cache.local import MISSING
 from app.config import Settings
 from app.notifier import Notifier
@@ -88,3 +88,26 @@ def test_an_entry_never_outlives_its_backend_expiry(tier: L1Tier) -> None:
     tier.fill("a", "v", 1.5, tier.generation)
     assert tier.lookup("a", NOW + 1.4) == "v"
     assert tier.lookup("a", NOW + 1.5) is MISSING
+
+
+def test_a_read_in_the_last_stretch_of_a_lifetime_asks_for_one_refresh(tier: L1Tier) -> None:
+    tier.fill("a", "v", None, tier.generation)
+    expires_at, refresh_at, _ = tier.entries._entries["a"]
+    assert expires_at - refresh_at == pytest.approx((expires_at - NOW) * L1_REFRESH_AHEAD)
+    assert tier.lookup("a", refresh_at - 0.01) == "v"
+    assert tier.entries.due == []
+    assert tier.lookup("a", refresh_at) == "v"  # still served: readers do not wait
+    assert tier.lookup("a", refresh_at + 0.01) == "v"
+    assert tier.entries.take_due(10) == ["a"]  # once, however many reads follow
+    assert tier.entries.due == []
+    assert tier.lookup("a", expires_at) is MISSING  # unrefreshed, it expires as before
+
+
+def test_an_entry_cut_short_by_its_backend_expiry_is_refreshed_before_it(
+    tier: L1Tier,
+) -> None:
+    tier.fill("a", "v", 2.0, tier.generation)
+    assert tier.lookup("a", NOW + 1.49) == "v"
+    assert tier.entries.due == []
+    assert tier.lookup("a", NOW + 1.5) == "v"
+    assert tier.entries.due == ["a"]

@@ -19,14 +19,13 @@ millisecond of a logout-all counts as issued before it.
 
 What a token's session looks like (user, admin flag, still standing?) is cached for
 CACHE_AUTH_TTL_SECONDS (each entry a little less, drawn at random, so that sessions cached
-together do not all go back to the database together) under ``auth:<user>:<family>``,
-stamped with the user's *session generation* (``auth:gen:<user>``, a random token): ending
-sessions writes a new generation, which makes every cached session state of the user
-stale at once — one write, no prefix scan. The generation and the state are read together
-(one ``get_many``, one round trip when L1 does not have them), and a state is used only
-when its stamp is the current generation. A reader takes the generation before it reads
-the database, so an answer read just before a logout is stamped with the old generation
-and never served afterwards.
+together do not all go back to the database together) under
+``auth:<user>:<family>:<generation>``. The user's *session generation* (``auth:gen:<user>``,
+a random token) is read first; ending sessions writes a new one, which makes every cached
+state of the user unreachable at once — one write, no prefix scan. A reader takes the
+generation before it reads the database, so an answer read just before a logout lands
+under the old generation and is never served afterwards. A state in steady use is reloaded
+in the background before it expires (``get_or_set``), so its readers never wait for it.
 """
 
 from __future__ import annotations
@@ -282,48 +281,22 @@ class Auth:
     async def user_for_token(
         self, user_id: int, family_id: uuid.UUID, issued_at: float
     ) -> User | None:
-        """The user behind a valid access token, or None if its session has ended.
-
-        The answer is cached for up to CACHE_AUTH_TTL_SECONDS under
-        ``auth:<user>:<family>``, stamped with the user's generation; every change that ends
-        sessions or alters the user calls ``forget_sessions``, which moves the generation on.
-        """
+        """The user behind a valid access token, or None if its session has ended (the
+        cached session state: the module's docstring)."""
         ttl = self.settings.cache_auth_ttl_seconds
-        key = session_key(user_id, family_id)
-        generation = ""
-        state: list[Any] | None = None
         if ttl > 0:
-            generation_at = generation_key(user_id)
-            found = await self.cache.get_many([generation_at, key])
-            current = found.get(generation_at)
-            if isinstance(current, str):
-                generation = current
-            elif self.cache.failing:
-                # Nothing is stamped with a fresh generation: the database answers. Writing
-                # one would only queue more calls on a backend that is not answering.
-                generation = secrets.token_hex(6)
-            else:
-                generation = await self._new_generation(user_id)
-            stamped = found.get(key)
-            if isinstance(stamped, list) and stamped and stamped[0] == generation:
-                state = stamped[1:]
+            generation = await self._generation(user_id)
+            spread = 1.0 - SESSION_TTL_SPREAD * random.random()  # noqa: S311 - not a secret
+            state = await self.cache.get_or_set(
+                session_key(user_id, family_id, generation),
+                lambda: self._session_state(user_id, family_id),
+                ttl=ttl * spread,
+                across_processes=False,  # one primary-key read: cheaper than the lock
+            )
+        else:
+            state = await self._session_state(user_id, family_id)
         if state is None:
-            async with self.db.acquire() as conn:
-                row = await conn.fetchrow(USER_FOR_TOKEN, user_id, family_id)
-            if row is None:
-                return None
-            state = [
-                row["id"],
-                row["email"],
-                row["is_admin"],
-                row["email_verified_at"].timestamp() if row["email_verified_at"] else None,
-                row["created_at"].timestamp(),
-                row["valid_after_ms"] / 1000,
-                row["live"],
-            ]
-            if ttl > 0 and not self.cache.failing:
-                spread = 1.0 - SESSION_TTL_SPREAD * random.random()  # noqa: S311 - not a secret
-                await self.cache.set(key, [generation, *state], ttl=ttl * spread)
+            return None
         uid, email, is_admin, verified_at, created_at, valid_after, live = state
         if not live or issued_at < valid_after:
             return None
@@ -335,6 +308,22 @@ class Auth:
             datetime.fromtimestamp(created_at, UTC),
         )
 
+    async def _session_state(self, user_id: int, family_id: uuid.UUID) -> list[Any] | None:
+        """What user_for_token needs of the database, as cached (None: no such session)."""
+        async with self.db.acquire() as conn:
+            row = await conn.fetchrow(USER_FOR_TOKEN, user_id, family_id)
+        if row is None:
+            return None
+        return [
+            row["id"],
+            row["email"],
+            row["is_admin"],
+            row["email_verified_at"].timestamp() if row["email_verified_at"] else None,
+            row["created_at"].timestamp(),
+            row["valid_after_ms"] / 1000,
+            row["live"],
+        ]
+
     # --- cached session state ----------------------------------------------------------
 
     async def forget_sessions(self, user_id: int) -> None:
@@ -343,6 +332,16 @@ class Auth:
             await self.cache.set(
                 generation_key(user_id), secrets.token_hex(6), ttl=GENERATION_TTL_SECONDS
             )
+
+    async def _generation(self, user_id: int) -> str:
+        current = await self.cache.get(generation_key(user_id))
+        if isinstance(current, str):
+            return current
+        if self.cache.failing:
+            # One nothing is stamped with: the database answers. Writing one would only
+            # queue more calls on a backend that is not answering.
+            return secrets.token_hex(6)
+        return await self._new_generation(user_id)
 
     async def _new_generation(self, user_id: int) -> str:
         """The generation of a user who has none in the cache yet (or lost it)."""
@@ -394,5 +393,5 @@ def generation_key(user_id: int) -> str:
     return f"auth:gen:{user_id}"
 
 
-def session_key(user_id: int, family_id: uuid.UUID) -> str:
-    return f"auth:{user_id}:{family_id}"
+def session_key(user_id: int, family_id: uuid.UUID, generation: str) -> str:
+    return f"auth:{user_id}:{family_id}:{generation}"

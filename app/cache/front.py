@@ -1,7 +1,8 @@
 """``Cache``: what callers use — JSON values over L1 and a backend, failures as misses.
 
 It composes the parts, each in its own module: ``L1Tier`` (invalidation.py) for the
-in-process tier and the announcements that keep it in step, ``BackendCalls`` (calls.py)
+in-process tier and the announcements that keep it in step, ``L1Refresher`` (refresh.py)
+for reading its busy keys again before they expire, ``BackendCalls`` (calls.py)
 for the timeout and error policy every backend call runs under, ``StampedeGuard``
 (stampede.py) for get_or_set's loads, ``ReadAccounting`` (accounting.py) for hit rates and
 hot keys. Time is read from ``clock`` (time.monotonic unless a test passes its own).
@@ -21,7 +22,8 @@ from app.cache.accounting import ReadAccounting
 from app.cache.backend import CacheBackend, check_key
 from app.cache.calls import BackendCalls
 from app.cache.invalidation import L1Tier
-from app.cache.local import MISSING, Clock
+from app.cache.local import FAILED, MISSING, Clock
+from app.cache.refresh import L1Refresher
 from app.cache.stampede import Loader, StampedeGuard
 from app.config import Settings
 from app.notifier import Notifier
@@ -29,7 +31,6 @@ from app.notifier import Notifier
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-FAILED: Any = object()  # a backend read that failed, as opposed to a key that is absent
 
 
 class Cache:
@@ -54,6 +55,7 @@ class Cache:
         self._accounting = ReadAccounting(clock)
         self._background: set[asyncio.Task[Any]] = set()
         self._stampede = StampedeGuard(settings, self._calls, self.set, self._spawn, clock)
+        self._refresher = L1Refresher(self._l1, self._calls, self._spawn, self._stampede)
         self.skipped_large = 0
 
     # --- lifecycle -----------------------------------------------------------------------
@@ -107,6 +109,11 @@ class Cache:
         return len(self._l1.entries)
 
     @property
+    def l1_refreshed(self) -> int:
+        """L1 entries read again before they expired (refresh.py)."""
+        return self._refresher.refreshed
+
+    @property
     def invalidations_received(self) -> int:
         return self._l1.invalidations_received
 
@@ -130,6 +137,8 @@ class Cache:
             value = l1.entries.get(key, now)
             if value is not MISSING:
                 accounting.tally(key, "l1_hit")
+                if l1.entries.due:
+                    self._refresher.poke()
                 return value
         found = await self._fetch(key, with_ttl=False)
         if found is MISSING or found is FAILED:
@@ -151,6 +160,8 @@ class Cache:
             else:
                 accounting.tally(key, "l1_hit")
                 found[key] = value
+        if self._l1.entries.due:
+            self._refresher.poke()
         if not wanted:
             return found
         l1 = self._l1
@@ -289,9 +300,17 @@ class Cache:
 
     # --- get_or_set ----------------------------------------------------------------------
 
-    async def get_or_set(self, key: str, loader: Loader[T], ttl: float | None = None) -> T:
+    async def get_or_set(
+        self,
+        key: str,
+        loader: Loader[T],
+        ttl: float | None = None,
+        *,
+        across_processes: bool = True,
+    ) -> T:
         """The cached value, or ``await loader()`` stored for ``ttl`` — one loader per key
-        at a time across all processes (stampede.py)."""
+        at a time in this process, and across all of them unless ``across_processes`` is
+        False (stampede.py)."""
         check_key(key)
         ttl = self._ttl(ttl)
         accounting = self._accounting
@@ -301,6 +320,11 @@ class Cache:
             value = l1.entries.get(key, now)
             if value is not MISSING:
                 accounting.tally(key, "l1_hit")
+                due = l1.entries.due
+                if due and due[-1] == key:  # this read asked for a refresh: with the loader
+                    self._refresher.ahead(key, loader, ttl, across_processes)
+                elif due:
+                    self._refresher.poke()
                 return value  # type: ignore[no-any-return]
         found = await self._fetch(key)
         if found is FAILED:
@@ -311,10 +335,12 @@ class Cache:
         if found is not MISSING:
             accounting.tally(key, "hit")
             value, remaining = found
-            self._stampede.refresh_early(key, loader, ttl, remaining)
+            self._stampede.refresh_early(
+                key, loader, ttl, remaining, across_processes=across_processes
+            )
             return value  # type: ignore[no-any-return]
         accounting.tally(key, "miss")
-        return await self._stampede.load(key, loader, ttl)
+        return await self._stampede.load(key, loader, ttl, across_processes=across_processes)
 
     # --- housekeeping (run by the pgfirst.purge_cache job) ------------------------------
 

@@ -21,6 +21,13 @@ Three rules keep L1 from serving a value older than the invalidation delay:
    entry's L1 lifetime is drawn between (1 - L1_TTL_SPREAD) and 1 times that TTL: entries
    filled together (every user's session after a restart, say) do not all expire in the
    same instant and send their refills to the backend in one burst.
+
+Refresh-ahead: the first read in the last L1_REFRESH_AHEAD of an entry's L1 lifetime gets
+the entry as usual and marks its key due; the front end reads the key again in the
+background and refills L1 under rule 2 like any other read — due keys of ``get`` and
+``get_many`` in one batched backend round trip at a time (refresh.py), a ``get_or_set`` key
+with its loader too when the backend's copy is gone or about to expire (front.py). A key
+read steadily is then never missed in L1, so its readers never wait for it.
 """
 
 from __future__ import annotations
@@ -39,6 +46,8 @@ from app.notifier import Notifier, Unlisten
 ANNOUNCE_MAX_BYTES = 7_000
 # An L1 entry lives between (1 - L1_TTL_SPREAD) and 1 times CACHE_L1_TTL_SECONDS.
 L1_TTL_SPREAD = 0.2
+# The share of an entry's L1 lifetime, at its end, in which a read asks for a refresh.
+L1_REFRESH_AHEAD = 0.25
 # Keys whose last write generation is remembered; past it, all are forgotten at once and
 # count as evicted together (reads in flight then stay out of L1: safe, merely a miss).
 WRITTEN_KEPT = 10_000
@@ -101,14 +110,22 @@ class L1Tier:
             and self._written.get(key, 0) <= generation
         ):
             lifetime = self._lifetime()
-            if remaining is not None and remaining < lifetime:
-                lifetime = remaining
-            self.entries.put(key, value, self._clock() + lifetime)
+            self._put(key, value, lifetime if remaining is None else min(lifetime, remaining))
 
     def keep_written(self, key: str, value: Any, ttl: float) -> None:
         """Keep a value this process just stored."""
         if self.serving:
-            self.entries.put(key, value, self._clock() + min(self._lifetime(), ttl))
+            self._put(key, value, min(self._lifetime(), ttl))
+
+    def _put(self, key: str, value: Any, lifetime: float) -> None:
+        now = self._clock()
+        refresh_at = now + lifetime * (1.0 - L1_REFRESH_AHEAD)
+        self.entries.put(key, value, now + lifetime, refresh_at)
+
+    @property
+    def shortest_lifetime(self) -> float:
+        """The least an entry lives in L1 when its backend copy does not cut it short."""
+        return self._ttl * (1.0 - L1_TTL_SPREAD)
 
     def _lifetime(self) -> float:
         return self._ttl * (1.0 - L1_TTL_SPREAD * self._random.random())

@@ -14,7 +14,8 @@
    are reloaded before they expire, so their readers never all miss together.
 
 A backend that cannot answer cannot coordinate either: when the lock call fails, the
-caller simply loads.
+caller simply loads. ``across_processes=False`` skips rule 2 for a loader cheaper than the
+lock's round trips (a primary-key read): such a key is loaded by each process that misses it.
 """
 
 from __future__ import annotations
@@ -61,18 +62,31 @@ class StampedeGuard:
         # Keys this process is waiting for another process to load.
         self.waiting: set[str] = set()
 
-    async def load(self, key: str, loader: Loader[T], ttl: float) -> T:
+    async def load(
+        self, key: str, loader: Loader[T], ttl: float, *, across_processes: bool = True
+    ) -> T:
         """A missed key's value: joins this process's load of it, or starts one."""
         load = self._inflight.get(key)
         if load is None:
-            load = asyncio.create_task(self._load_once(key, loader, ttl), name=f"cache-load:{key}")
+            work = (
+                self._load_once(key, loader, ttl)
+                if across_processes
+                else self._load_unlocked(key, loader, ttl)
+            )
+            load = asyncio.create_task(work, name=f"cache-load:{key}")
             self._inflight[key] = load
             load.add_done_callback(lambda _: self._inflight.pop(key, None))
         value: T = await asyncio.shield(load)
         return value
 
     def refresh_early(
-        self, key: str, loader: Loader[Any], ttl: float, remaining: float | None
+        self,
+        key: str,
+        loader: Loader[Any],
+        ttl: float,
+        remaining: float | None,
+        *,
+        across_processes: bool = True,
     ) -> None:
         """After a backend hit with ``remaining`` seconds left: reload in the background
         when that is within the last CACHE_EARLY_REFRESH_RATIO of ``ttl``."""
@@ -82,7 +96,7 @@ class StampedeGuard:
         if key in self._refreshing or key in self._inflight:
             return
         self._refreshing.add(key)
-        self._spawn(self._refresh(key, loader, ttl), f"cache-refresh:{key}")
+        self._spawn(self._refresh(key, loader, ttl, across_processes), f"cache-refresh:{key}")
 
     async def stop(self) -> None:
         """Cancel the loads in flight (their callers see CancelledError)."""
@@ -146,10 +160,19 @@ class StampedeGuard:
         finally:
             await self._call("lock", lambda backend: backend.unlock(key, token), None)
 
-    async def _refresh(self, key: str, loader: Loader[Any], ttl: float) -> None:
+    async def _load_unlocked(self, key: str, loader: Loader[T], ttl: float) -> T:
+        value = await loader()
+        await self._store(key, value, ttl)
+        return value
+
+    async def _refresh(
+        self, key: str, loader: Loader[Any], ttl: float, across_processes: bool
+    ) -> None:
         token = secrets.token_hex(8)
         try:
-            if await self._call(
+            if not across_processes:
+                await self._load_unlocked(key, loader, ttl)
+            elif await self._call(
                 "lock", lambda backend: backend.try_lock(key, token, self._lock_ttl), False
             ):
                 await self._load_locked(key, loader, ttl, token)
