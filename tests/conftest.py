@@ -48,6 +48,9 @@ IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 TEST_SECRET_KEY = "test-secret-key-that-is-long-enough-0123456789"
 TEST_MODE = os.environ.get("PGFIRST_TEST_MODE", "")
 TEST_MODES = {"", "pooler", "redis"}
+# Apps started in this process with ENV=development or production would freeze the garbage
+# collector's view of everything alive (app/runtime.py), and the suite starts hundreds.
+os.environ.setdefault("GC_FREEZE_AFTER_STARTUP", "false")
 if TEST_MODE not in TEST_MODES:
     raise pytest.UsageError(f"PGFIRST_TEST_MODE={TEST_MODE!r}: one of pooler, redis or unset")
 __all__ = ["pgbouncer"]

@@ -88,7 +88,8 @@ async def test_slow_responses_fire_latency_and_the_move_to_a_job(
     assert "into a job" in slow.recommendation
     p50 = signal_of(report, "http.latency_p50")
     assert p50.value is not None
-    assert 50 <= p50.value <= 100  # the 0.05-0.1 s bucket
+    # The 0.05-0.1 s bucket, or the next one up when the machine is busy.
+    assert 50 <= p50.value <= 250
 
 
 async def test_too_few_requests_leave_rates_ungraded(
