@@ -80,7 +80,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     if settings.database_replica_urls:
         app.add_middleware(ReadYourWritesMiddleware)  # inside RequestMiddleware
-    app.add_middleware(RequestMiddleware, max_body_bytes=settings.max_request_body_bytes)
+    app.add_middleware(
+        RequestMiddleware,
+        max_body_bytes=settings.max_request_body_bytes,
+        body_timeout=settings.request_body_timeout_seconds,
+    )
     for router in (
         health_router,
         auth_router,

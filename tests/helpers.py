@@ -101,8 +101,21 @@ async def live_server(app: object) -> AsyncIterator[str]:
     """
     import uvicorn
 
+    from app.observability.http_limits import LimitedHttpToolsProtocol, limited_protocol
+
+    # The protocol `app serve` runs, with the app's own limits when its services are open.
+    state = getattr(app, "state", None)
+    services = getattr(state, "services", None) if state is not None else None
+    http = limited_protocol(services.settings) if services is not None else LimitedHttpToolsProtocol
     port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", log_config=None)  # type: ignore[arg-type]
+    config = uvicorn.Config(
+        app,  # type: ignore[arg-type]
+        host="127.0.0.1",
+        port=port,
+        lifespan="off",
+        log_config=None,
+        http=http,
+    )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     try:

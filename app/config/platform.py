@@ -44,6 +44,19 @@ class RuntimeSettings(BaseModel):
     max_request_body_bytes: int = Field(
         1_048_576, ge=1024, description="Largest request body accepted; larger gets 413."
     )
+    max_request_head_bytes: int = Field(
+        65_536,
+        ge=4096,
+        description="Largest request head (URL and headers) `app serve` reads; larger gets 431.",
+    )
+    request_head_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="Time a client has to send a request head (slow-loris); then 408.",
+    )
+    request_body_timeout_seconds: float = Field(
+        30.0, gt=0, description="Time a client has to send a request body; then 408."
+    )
     metrics_public: bool | None = Field(
         None,
         description="Serve /metrics to anyone. Default: true except in production, where "

@@ -15,7 +15,7 @@ and with a 503 (a backing service away for a moment, with Retry-After; see middl
 ``error_responses(401, 404, ...)`` documents statuses a route can return in its OpenAPI
 operation with this model; ``document_errors`` (called when the OpenAPI document is built)
 replaces FastAPI's own 422 schema with it and adds what routes answer by construction:
-401 to a route behind the bearer scheme, 413 to one that takes a body, 400, 500 and 503 to
+401 to a route behind the bearer scheme, 408 and 413 to one that takes a body, 400, 500 and 503 to
 all.
 """
 
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -51,6 +52,7 @@ STATUS_TEXT = {
     403: "Not allowed for this account",
     404: "Not found (or not yours)",
     409: "Conflicts with the current state",
+    408: "Request body not received in time (REQUEST_BODY_TIMEOUT_SECONDS)",
     413: "Request body too large (MAX_REQUEST_BODY_BYTES)",
     422: "Invalid request: the body, query or path failed validation",
     429: "Rate limited; Retry-After says when to try again",
@@ -69,10 +71,17 @@ class RequestBodyTooLarge(StarletteHTTPException):
         super().__init__(413, f"Request body larger than {limit} bytes")
 
 
+class RequestBodyTooSlow(StarletteHTTPException):
+    def __init__(self, seconds: float) -> None:
+        super().__init__(408, f"Request body not received within {seconds:g} s")
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Send every error as an ``ErrorBody`` and say so in the app's OpenAPI document."""
     app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
+    for unstorable in UNSTORABLE_TEXT:
+        app.add_exception_handler(unstorable, _unstorable_text)  # type: ignore[arg-type]
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -86,6 +95,20 @@ def install_error_handlers(app: FastAPI) -> None:
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
     return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=exc.headers)
+
+
+# Text PostgreSQL cannot hold — NUL (U+0000) in any text or JSON value — fails the statement
+# that carries it (SQLSTATE 22021, 22P05), whichever field or parameter it came in: the
+# client's input, so 422, and the transaction it was in is rolled back whole.
+UNSTORABLE_TEXT = (
+    asyncpg.CharacterNotInRepertoireError,
+    asyncpg.UntranslatableCharacterError,
+)
+
+
+async def _unstorable_text(request: Request, exc: asyncpg.PostgresError) -> JSONResponse:
+    detail = "Invalid request: text may not contain NUL (\\u0000) characters"
+    return JSONResponse({"detail": detail}, status_code=422)
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -128,6 +151,7 @@ def document_errors(schema: dict[str, Any]) -> dict[str, Any]:
             if operation.get("security"):  # the bearer scheme: no or a bad token is a 401
                 responses.setdefault("401", _error_response(401))
             if method in _BODY_METHODS and "requestBody" in operation:
+                responses.setdefault("408", _error_response(408))
                 responses.setdefault("413", _error_response(413))
             # A request the server cannot read (bytes that are not the declared JSON, a
             # request line over the HTTP parser's limit) is refused before any route runs.

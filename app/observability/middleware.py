@@ -11,6 +11,7 @@ streaming responses (SSE) pass through untouched and there is no extra task per 
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import os
@@ -23,7 +24,7 @@ import orjson
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.observability.errors import RequestBodyTooLarge
+from app.observability.errors import RequestBodyTooLarge, RequestBodyTooSlow
 from app.observability.logging import request_id_var
 from app.observability.metrics import HTTP_REQUEST_SECONDS, HTTP_REQUESTS
 from app.observability.unavailable import RETRY_AFTER_SECONDS, is_unavailable
@@ -82,9 +83,10 @@ def _observe(method: str, route: str, status: int, elapsed: float) -> None:
 
 
 class RequestMiddleware:
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int, body_timeout: float = 30.0) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.body_timeout = body_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -121,21 +123,32 @@ class RequestMiddleware:
             await send(message)
 
         received = 0
+        body_done = False
+        # The whole body must arrive within the timeout (slow-loris bodies); later receives
+        # (a stream waiting for the client to leave) are not timed.
+        body_deadline = asyncio.get_running_loop().time() + self.body_timeout
 
         async def receive_bounded() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, body_done
+            if body_done:
+                return await receive()
+            try:
+                async with asyncio.timeout_at(body_deadline):
+                    message = await receive()
+            except TimeoutError:
+                raise RequestBodyTooSlow(self.body_timeout) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
                     raise RequestBodyTooLarge(limit)
+                body_done = not message.get("more_body", False)
             return message
 
         try:
             if _declared_length(scope) > limit:
                 raise RequestBodyTooLarge(limit)
             await self.app(scope, receive_bounded, send_with_headers)
-        except RequestBodyTooLarge as exc:
+        except (RequestBodyTooLarge, RequestBodyTooSlow) as exc:
             if response_started:
                 raise
             await _send_json(send_with_headers, exc.status_code, {"detail": exc.detail})
