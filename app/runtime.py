@@ -10,6 +10,13 @@ collections skip, so a full collection walks only what was allocated since (13-1
 same run). Frozen objects are still freed by reference counting; only reference cycles among
 them stay, and they were made to live as long as the process anyway.
 
+The youngest generation is then collected every GEN0_THRESHOLD (7,000) net allocations
+instead of CPython 3.11's 700. Every tenth young collection promotes into the next, and
+every tenth of those can start a full one, so this makes full collections ten times rarer;
+a young collection over 7,000 objects stays well under a millisecond. With 1,108 streams
+the delivery p99 went from 81-108 ms (freeze alone, a slower hour of the same machine) to
+49-53 ms, and the server's CPU down by an eighth.
+
 On with GC_FREEZE_AFTER_STARTUP (default: everywhere but ENV=test, whose one process starts
 hundreds of apps).
 """
@@ -22,13 +29,19 @@ import logging
 log = logging.getLogger(__name__)
 
 
+GEN0_THRESHOLD = 7_000
+
+
 def freeze_startup_heap() -> int:
-    """Collect once, then exempt every object alive now from later collections.
+    """Collect once, exempt every object alive now from later collections, and collect
+    the youngest generation less often (GEN0_THRESHOLD).
 
     Returns how many objects are frozen.
     """
     gc.collect()
     gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(GEN0_THRESHOLD, older, oldest)
     frozen = gc.get_freeze_count()
     log.debug("garbage collector: %d startup objects frozen", frozen)
     return frozen
