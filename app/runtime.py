@@ -13,9 +13,9 @@ them stay, and they were made to live as long as the process anyway.
 The youngest generation is then collected every GEN0_THRESHOLD (7,000) net allocations
 instead of CPython 3.11's 700. Every tenth young collection promotes into the next, and
 every tenth of those can start a full one, so this makes full collections ten times rarer;
-a young collection over 7,000 objects stays well under a millisecond. With 1,108 streams
-the delivery p99 went from 81-108 ms (freeze alone, a slower hour of the same machine) to
-49-53 ms, and the server's CPU down by an eighth.
+a young collection over 7,000 objects stays well under a millisecond. With 1,108 streams,
+in one hour of the same machine: delivery p99 172 ms with neither, 81-108 ms with the
+freeze alone, 59-71 ms with both.
 
 On with GC_FREEZE_AFTER_STARTUP (default: everywhere but ENV=test, whose one process starts
 hundreds of apps).
