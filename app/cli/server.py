@@ -32,12 +32,12 @@ def dev(
         err.print("[dim]embedded PostgreSQL keeps running after exit; `app db stop` stops it[/]")
     import uvicorn
 
-    from app.observability.http_limits import limited_protocol
+    from app.observability.http_limits import LimitedHttpToolsProtocol
 
     uvicorn.run(
         "app.main:create_app",
         factory=True,
-        http=limited_protocol(current),
+        http=LimitedHttpToolsProtocol,  # limits from each process's settings
         host=host,
         port=port,
         reload=True,
@@ -53,12 +53,12 @@ def serve() -> None:
     os.environ["DATABASE_URL"] = database_url(current)
     import uvicorn
 
-    from app.observability.http_limits import limited_protocol
+    from app.observability.http_limits import LimitedHttpToolsProtocol
 
     uvicorn.run(
         "app.main:create_app",
         factory=True,
-        http=limited_protocol(current),
+        http=LimitedHttpToolsProtocol,  # limits from each process's settings
         host=current.host,
         port=current.port,
         workers=current.web_concurrency,

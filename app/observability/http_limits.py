@@ -14,20 +14,25 @@ request middleware's to cut off (REQUEST_BODY_TIMEOUT_SECONDS, middleware.py).
 from __future__ import annotations
 
 import asyncio
+import functools
 
 import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from app.config import Settings
+from app.config import Settings, load_settings
 
 _REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
 
 
 class LimitedHttpToolsProtocol(HttpToolsProtocol):
-    max_head_bytes = 65_536
-    head_timeout = 10.0
+    """The limits come from the settings of the process it runs in (read once), so that
+    uvicorn can hand the class by reference to reload and worker processes; a server in
+    this process with other settings uses ``limited_protocol(settings)``."""
+
+    limits: tuple[int, float] | None = None  # (head bytes, head seconds); None: settings
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        self.max_head_bytes, self.head_timeout = self.limits or _process_limits()
         super().connection_made(transport)
         self._head_bytes = 0
         self._in_head = True
@@ -86,13 +91,18 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self.transport.close()
 
 
+@functools.cache
+def _process_limits() -> tuple[int, float]:
+    settings = load_settings()
+    return settings.max_request_head_bytes, settings.request_head_timeout_seconds
+
+
 def limited_protocol(settings: Settings) -> type[LimitedHttpToolsProtocol]:
-    """The protocol class with this app's limits, for ``uvicorn.run(http=...)``."""
+    """The protocol class with ``settings``' limits, for a server run in this process (a
+    class made here cannot be sent to another process: ``app serve`` passes
+    ``LimitedHttpToolsProtocol`` itself)."""
     return type(
         "LimitedHttpToolsProtocol",
         (LimitedHttpToolsProtocol,),
-        {
-            "max_head_bytes": settings.max_request_head_bytes,
-            "head_timeout": settings.request_head_timeout_seconds,
-        },
+        {"limits": (settings.max_request_head_bytes, settings.request_head_timeout_seconds)},
     )
