@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import inspect
+import pickle
 import random
 import time
 from collections.abc import AsyncIterator, Callable
@@ -16,6 +18,7 @@ import pytest
 from fastapi import FastAPI
 
 from app.config import Settings
+from app.observability.http_limits import LimitedHttpToolsProtocol
 from tests.auth_helpers import new_user
 from tests.helpers import live_server
 
@@ -246,3 +249,12 @@ async def test_slow_heads_and_bodies_are_cut_off(
         assert b'{"detail":"Request' in answer
     assert await task_count(http, headers) == 0
     assert lag.worst_ms < LAG_LIMIT_MS
+
+
+def test_the_protocol_reaches_reload_and_worker_processes() -> None:
+    """uvicorn pickles its config, protocol class included, for `app dev`'s reloader and for
+    WEB_CONCURRENCY > 1 workers: a class made at run time would fail there."""
+    from app.cli import server
+
+    assert pickle.loads(pickle.dumps(LimitedHttpToolsProtocol)) is LimitedHttpToolsProtocol  # noqa: S301
+    assert "http=LimitedHttpToolsProtocol," in inspect.getsource(server)
