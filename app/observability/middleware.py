@@ -83,7 +83,7 @@ def _observe(method: str, route: str, status: int, elapsed: float) -> None:
 
 
 class RequestMiddleware:
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int, body_timeout: float = 30.0) -> None:
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int, body_timeout: float) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.body_timeout = body_timeout
