@@ -1,7 +1,7 @@
 """Drain as an outsider measures it: one worker process per queue, on an analysed table.
 
     uv run --group bench python -m scripts.bench_drain [--jobs 20000] [--repeats 3]
-        [--only pgfirst,pgqueuer,raw]
+        [--only pgfirst,pgqueuer,raw,raw-jobs] [--burst] [--idle 6]
 
 (`scripts/bench_jobs.py --outsider` runs the same.) For each contender in turn, repeats
 alternating: the parent enqueues ``--jobs`` no-op jobs and runs ANALYZE on the queue's
@@ -14,9 +14,16 @@ the server's.
 - pgfirst: ``Worker`` with its defaults (concurrency 10, claim batch 100), as ``app
   worker`` runs it, until a no-op handler has counted the last job;
 - pgqueuer: ``PgQueuer.run(batch_size=100)``;
-- raw: the floor any queue on this table layout pays — 10 coroutines, each on its own
-  connection: BEGIN, claim 100 rows ``FOR UPDATE SKIP LOCKED``, run them, DELETE them,
-  COMMIT. No retries, timeouts, heartbeats or metrics.
+- raw: the floor any queue pays — 10 coroutines, each on its own connection: BEGIN,
+  claim 100 rows ``FOR UPDATE SKIP LOCKED`` from a bare table (id, name, args), run them,
+  DELETE them, COMMIT. No retries, timeouts, heartbeats or metrics;
+- raw-jobs: the same loop on pgfirst's own ``jobs`` table, its rows, indexes and claim
+  order — the floor for this table layout.
+
+``--burst`` measures the case production meets most: the workers have been running on an
+empty queue (whose statistics say so) for ``--idle`` seconds when ``--jobs`` jobs arrive
+in one commit, not analysed. The clock runs from that commit to the last job; the CPU
+column is left out there, since it would include the idle polling.
 """
 
 from __future__ import annotations
@@ -37,7 +44,7 @@ import uvloop
 
 from scripts.benchkit import postgres
 
-CONTENDERS = ("pgfirst", "pgqueuer", "raw")
+CONTENDERS = ("pgfirst", "pgqueuer", "raw", "raw-jobs")
 RAW_TABLE = """
 CREATE TABLE IF NOT EXISTS bench_raw_jobs (
     id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -47,6 +54,15 @@ CREATE TABLE IF NOT EXISTS bench_raw_jobs (
 """
 RAW_CLAIM = "SELECT id, name, args FROM bench_raw_jobs ORDER BY id LIMIT 100 FOR UPDATE SKIP LOCKED"
 RAW_DONE = "DELETE FROM bench_raw_jobs WHERE id = ANY($1::bigint[])"
+# The same loop on pgfirst's own table: its rows, its indexes, its claim order.
+RAW_JOBS_CLAIM = """
+SELECT id, name, args FROM jobs
+WHERE state = 'available' AND queue = ANY($1::text[]) AND run_at <= now()
+ORDER BY priority DESC, run_at, id
+LIMIT 100
+FOR UPDATE SKIP LOCKED
+"""
+RAW_JOBS_DONE = "DELETE FROM jobs WHERE id = ANY($1::bigint[])"
 
 
 # --- the parent: enqueue, analyse, start the child, time it --------------------------------
@@ -55,7 +71,7 @@ RAW_DONE = "DELETE FROM bench_raw_jobs WHERE id = ANY($1::bigint[])"
 async def prepare(dsn: str, name: str, jobs: int) -> None:
     conn = await asyncpg.connect(dsn)
     try:
-        if name == "pgfirst":
+        if name in ("pgfirst", "raw-jobs"):
             await conn.execute("TRUNCATE jobs")
             await conn.execute(
                 "INSERT INTO jobs (name, max_attempts) "
@@ -85,7 +101,52 @@ async def prepare(dsn: str, name: str, jobs: int) -> None:
         await conn.close()
 
 
-def run_child(dsn: str, name: str, jobs: int) -> dict[str, float]:
+async def empty(dsn: str, name: str) -> None:
+    """Empty the contender's table and leave statistics that say so."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        if name == "pgqueuer":
+            from pgqueuer.db import AsyncpgDriver
+            from pgqueuer.queries import Queries
+
+            with contextlib.suppress(asyncpg.DuplicateObjectError):
+                await Queries(AsyncpgDriver(conn)).install()
+        table = {"pgqueuer": "pgqueuer", "raw": "bench_raw_jobs"}.get(name, "jobs")
+        if name == "raw":
+            await conn.execute(RAW_TABLE)
+        await conn.execute(f"TRUNCATE {table}")
+        await conn.execute(f"VACUUM ANALYZE {table}")
+    finally:
+        await conn.close()
+
+
+async def enqueue_burst(dsn: str, name: str, jobs: int) -> float:
+    """Enqueue ``jobs`` in one commit, no ANALYZE; the wall-clock time of the commit."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        if name == "pgqueuer":
+            from pgqueuer.db import AsyncpgDriver
+            from pgqueuer.queries import Queries
+
+            await Queries(AsyncpgDriver(conn)).enqueue(["noop"] * jobs, [None] * jobs, [0] * jobs)
+        elif name == "raw":
+            await conn.execute(
+                "INSERT INTO bench_raw_jobs (name) SELECT 'noop' FROM generate_series(1, $1)", jobs
+            )
+        else:
+            await conn.execute(
+                "INSERT INTO jobs (name, max_attempts) "
+                "SELECT 'bench.noop', 1 FROM generate_series(1, $1)",
+                jobs,
+            )
+        return time.time()
+    finally:
+        await conn.close()
+
+
+def run_child(
+    dsn: str, name: str, jobs: int, *, burst: bool = False, idle: float = 6.0
+) -> dict[str, float]:
     child = subprocess.Popen(
         [sys.executable, "-m", "scripts.bench_drain", "--child", name, "--jobs", str(jobs)],
         stdin=subprocess.PIPE,
@@ -100,17 +161,31 @@ def run_child(dsn: str, name: str, jobs: int) -> dict[str, float]:
         raise RuntimeError(f"{name}: the worker process did not start")
     child.stdin.write("go\n")
     child.stdin.flush()
+    committed = 0.0
+    if burst:
+        time.sleep(idle)  # the worker polls (and plans its claim) on an empty queue
+        committed = asyncio.run(enqueue_burst(dsn, name, jobs))
     report: dict[str, float] = json.loads(child.stdout.readline())
     child.wait(timeout=60)
+    if burst:
+        report["seconds"] = report["done_at"] - committed
     return report
 
 
-def measure(dsn: str, jobs: int, repeats: int, names: list[str]) -> dict[str, dict[str, float]]:
+def measure(
+    dsn: str,
+    jobs: int,
+    repeats: int,
+    names: list[str],
+    *,
+    burst: bool = False,
+    idle: float = 6.0,
+) -> dict[str, dict[str, float]]:
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in names}
     for _ in range(repeats):
         for name in names:
-            asyncio.run(prepare(dsn, name, jobs))
-            report = run_child(dsn, name, jobs)
+            asyncio.run(empty(dsn, name) if burst else prepare(dsn, name, jobs))
+            report = run_child(dsn, name, jobs, burst=burst, idle=idle)
             runs[name].append(
                 {
                     "drain jobs/s": jobs / report["seconds"],
@@ -124,13 +199,14 @@ def measure(dsn: str, jobs: int, repeats: int, names: list[str]) -> dict[str, di
     }
 
 
-def report(results: dict[str, dict[str, float]], jobs: int, repeats: int) -> None:
-    print(
-        f"drain by a separate worker process, {jobs:,} no-op jobs, analysed, medians of {repeats}"
-    )
+def report(
+    results: dict[str, dict[str, float]], jobs: int, repeats: int, *, burst: bool = False
+) -> None:
+    setup = "a burst onto idle workers, not analysed" if burst else "analysed"
+    print(f"drain by a separate worker process, {jobs:,} no-op jobs, {setup}, medians of {repeats}")
     names = list(results)
     print(f"{'metric':<22}" + "".join(f"{name:>12}" for name in names))
-    for metric in ("drain jobs/s", "worker CPU µs/job"):
+    for metric in ("drain jobs/s",) if burst else ("drain jobs/s", "worker CPU µs/job"):
         print(f"{metric:<22}" + "".join(f"{results[n][metric]:>12.1f}" for n in names))
     if "pgfirst" in results:
         mine = results["pgfirst"]["drain jobs/s"]
@@ -200,7 +276,7 @@ async def child_pgqueuer(jobs: int) -> Any:
     return outcome
 
 
-async def child_raw(jobs: int) -> Any:
+async def child_raw(jobs: int, *, claim: str = RAW_CLAIM, done_sql: str = RAW_DONE) -> Any:
     remaining = jobs
     done = asyncio.Event()
 
@@ -211,15 +287,16 @@ async def child_raw(jobs: int) -> Any:
             done.set()
 
     conns = [await asyncpg.connect(os.environ["DATABASE_URL"]) for _ in range(10)]
+    claim_args = (["default"],) if claim is RAW_JOBS_CLAIM else ()
 
     async def loop(conn: asyncpg.Connection) -> None:
         while not done.is_set():
             async with conn.transaction():
-                rows = await conn.fetch(RAW_CLAIM)
+                rows = await conn.fetch(claim, *claim_args)
                 for row in rows:
                     await handler(row["args"])
                 if rows:
-                    await conn.execute(RAW_DONE, [row["id"] for row in rows])
+                    await conn.execute(done_sql, [row["id"] for row in rows])
             if not rows:
                 await asyncio.sleep(0.01)
 
@@ -240,10 +317,23 @@ async def ready() -> None:
 
 
 def finished(began: float, cpu: float) -> dict[str, float]:
-    return {"seconds": time.perf_counter() - began, "cpu_seconds": time.process_time() - cpu}
+    return {
+        "seconds": time.perf_counter() - began,
+        "cpu_seconds": time.process_time() - cpu,
+        "done_at": time.time(),
+    }
 
 
-CHILDREN = {"pgfirst": child_pgfirst, "pgqueuer": child_pgqueuer, "raw": child_raw}
+async def child_raw_jobs(jobs: int) -> Any:
+    return await child_raw(jobs, claim=RAW_JOBS_CLAIM, done_sql=RAW_JOBS_DONE)
+
+
+CHILDREN = {
+    "pgfirst": child_pgfirst,
+    "pgqueuer": child_pgqueuer,
+    "raw": child_raw,
+    "raw-jobs": child_raw_jobs,
+}
 
 
 def main() -> None:
@@ -251,6 +341,8 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=20_000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--only", default=",".join(CONTENDERS))
+    parser.add_argument("--burst", action="store_true", help="jobs arrive at idle workers")
+    parser.add_argument("--idle", type=float, default=6.0, help="seconds idle before a burst")
     parser.add_argument("--child", choices=CONTENDERS, help=argparse.SUPPRESS)
     options = parser.parse_args()
     if options.child:
@@ -259,7 +351,10 @@ def main() -> None:
         return
     names = [name for name in options.only.split(",") if name]
     with postgres() as dsn:
-        report(measure(dsn, options.jobs, options.repeats, names), options.jobs, options.repeats)
+        results = measure(
+            dsn, options.jobs, options.repeats, names, burst=options.burst, idle=options.idle
+        )
+        report(results, options.jobs, options.repeats, burst=options.burst)
 
 
 if __name__ == "__main__":

@@ -122,6 +122,40 @@ async def test_a_claim_walks_the_claim_index_even_before_analyze(
     assert "Sort" not in plan, plan
 
 
+@pytest.mark.parametrize("pool_mode", ["direct", "pgbouncer"])
+async def test_a_claim_planned_on_an_empty_table_still_reads_by_index(
+    db: Database, make_settings: Callable[..., Settings], pool_mode: str, services: Services
+) -> None:
+    # A worker that starts on an empty queue caches its claim's generic plan then; a burst
+    # enqueued later (not yet analysed) must not meet a plan that reads the whole table for
+    # each `id = ANY(...)` lookup. The generic plan is what a prepared statement runs after
+    # its first few calls.
+    async with db.acquire() as conn:
+        await conn.execute("VACUUM ANALYZE jobs")  # the statistics now say: no rows
+    await enqueue_many("test.record", [{"value": n} for n in range(5000)])
+    worker = worker_for(services, make_settings(**JOB_SETTINGS, db_pool_mode=pool_mode))
+    prepare = (
+        "PREPARE claim_probe(text[], int, float8, text, bigint[]) AS " + CLAIM,
+        "EXPLAIN EXECUTE claim_probe('{default}', 100, 30, 'w', '{1,2,3}')",
+    )
+    if pool_mode == "direct":
+        claimer = await worker.bookkeeper.claim_connection()
+        await claimer.execute(prepare[0])
+        rows = await claimer.fetch(prepare[1])
+        await worker.bookkeeper.close()
+    else:
+        async with db.acquire() as conn, worker.bookkeeper.transaction(conn):
+            await conn.execute(prepare[0])
+            await conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+            rows = await conn.fetch(prepare[1])
+            await conn.execute("DEALLOCATE claim_probe")
+    plan = "\n".join(row[0] for row in rows)
+    assert "Seq Scan" not in plan, plan
+    assert "Sort" not in plan, plan
+    assert "Index Scan using jobs_claim" in plan, plan
+    assert "on jobs_pkey" in plan, plan  # an index or bitmap scan by id, both fine
+
+
 @pytest.mark.parametrize("synchronous", [False, True])
 async def test_worker_bookkeeping_skips_the_wal_flush_unless_configured(
     db: Database, make_settings: Callable[..., Settings], synchronous: bool, services: Services

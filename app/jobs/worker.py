@@ -5,7 +5,7 @@ wait on each other and never get the same job), run the jobs on ``concurrency`` 
 (``runner.py``), and record the successes in the next claim statement — one statement and
 one commit per batch for both ends, because transactions per job are what bound a queue's
 throughput (docs/jobs.md). The worker's bookkeeping pins the claim's plan
-(``enable_sort = off``) and does not wait for the WAL flush (JOBS_SYNCHRONOUS_COMMIT): a
+(no sort, no sequential scan) and does not wait for the WAL flush (JOBS_SYNCHRONOUS_COMMIT): a
 lost claim or completion re-runs a job, it never loses one. With nothing to claim the
 worker sleeps until a wake-up on ``pgfirst_jobs`` through the process's notifier (sent
 when a job is committed) or the poll interval, whichever comes first; without LISTEN
