@@ -53,6 +53,10 @@ class ConnectionSet:
     def in_use(self) -> int:
         return self._open - len(self._idle)
 
+    def saturated(self) -> bool:
+        """True when a statement would have to wait for a connection."""
+        return not self._idle and self._open >= self.size
+
     # --- handing out ---------------------------------------------------------------------
 
     async def _take(self) -> asyncpg.Connection[Any]:

@@ -21,6 +21,7 @@ import logging
 
 import asyncpg
 
+from app.cache.coalesce import ReadCoalescer, Row
 from app.cache.connections import ConnectionSet
 from app.config import Settings
 from app.db import Database, Record
@@ -30,10 +31,6 @@ log = logging.getLogger(__name__)
 INVALIDATION_CHANNEL = "pgfirst_cache"
 
 # A NULL ttl (no expiry) makes now() + NULL = NULL.
-GET = """
-SELECT value FROM cache_entries
-WHERE key = $1 AND (expires_at IS NULL OR expires_at > now())
-"""
 GET_WITH_TTL = """
 SELECT value, extract(epoch FROM expires_at - now())::float8 AS ttl FROM cache_entries
 WHERE key = $1 AND (expires_at IS NULL OR expires_at > now())
@@ -166,6 +163,7 @@ class PostgresCacheBackend:
         self.settings = settings
         self.db = db
         self._pool: ConnectionSet | None = None
+        self._reads: ReadCoalescer | None = None
 
     async def start(self) -> None:
         pgbouncer = self.settings.db_pool_mode == "pgbouncer"
@@ -182,8 +180,11 @@ class PostgresCacheBackend:
         pool = ConnectionSet(connect, self.settings.cache_pool_size)
         await pool.start()
         self._pool = pool
+        self._reads = ReadCoalescer(pool, self._get_one, self._get_many_on)
 
     async def close(self) -> None:
+        if self._reads is not None:
+            await self._reads.close()
         if self._pool is not None:
             await self._pool.close()
 
@@ -195,13 +196,29 @@ class PostgresCacheBackend:
 
     # --- reads ---------------------------------------------------------------------------
 
+    @property
+    def reads(self) -> ReadCoalescer:
+        if self._reads is None:
+            raise RuntimeError("cache backend not started")
+        return self._reads
+
+    # Single-key reads go through the coalescer (coalesce.py): at once on a free
+    # connection, batched with the other waiting reads when every connection is busy.
     async def get(self, key: str) -> bytes | None:
-        value: bytes | None = await self.pool.fetchval(GET, key)
-        return value
+        row = await self.reads.read(key)
+        return None if row is None else row[0]
 
     async def get_with_ttl(self, key: str) -> tuple[bytes, float | None] | None:
+        return await self.reads.read(key)
+
+    async def _get_one(self, key: str) -> Row | None:
         row = await self.pool.fetchrow(GET_WITH_TTL, key)
         return None if row is None else (row[0], row[1])
+
+    @staticmethod
+    async def _get_many_on(conn: asyncpg.Connection[Record], keys: list[str]) -> dict[str, Row]:
+        rows = await conn.fetch(GET_MANY_WITH_TTL, keys)
+        return {row[0]: (row[1], row[2]) for row in rows}
 
     async def get_many(self, keys: list[str]) -> dict[str, bytes]:
         rows = await self.pool.fetch(GET_MANY, keys)
