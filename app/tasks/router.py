@@ -30,7 +30,7 @@ from fastapi import (
     Response,
     status,
 )
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from starlette.requests import HTTPConnection
 
 from app.cache.http import cache_headers, not_modified
@@ -85,9 +85,23 @@ async def _data_versions(app: FastAPI) -> AsyncIterator[None]:
 router = APIRouter(tags=["tasks"], lifespan=_data_versions)
 
 RowId = Annotated[int, Path(ge=1, le=2**63 - 1)]
-Limit = Annotated[int, Query(ge=1, le=100)]
-Cursor = Annotated[str | None, Query(max_length=512)]
 OpenApiResponses = dict[int | str, dict[str, Any]]
+
+
+# The list pages' query strings, each validated as one model: one validation per request
+# instead of FastAPI's work per parameter (a third of the task list's dependency time).
+class ProjectListQuery(BaseModel):
+    limit: int = Field(50, ge=1, le=100)
+    cursor: str | None = Field(None, max_length=512)
+
+
+class TaskListQuery(BaseModel):
+    project_id: int | None = Field(None, ge=1, le=2**63 - 1)
+    completed: bool | None = None
+    limit: int = Field(20, ge=1, le=100)
+    cursor: str | None = Field(None, max_length=512)
+
+
 NOT_FOUND: OpenApiResponses = error_responses(404)
 BAD_CURSOR: OpenApiResponses = error_responses(400)
 NOT_MODIFIED: OpenApiResponses = {304: {"description": "The If-None-Match ETag is current"}}
@@ -168,11 +182,11 @@ async def list_projects(
     request: Request,
     user: CurrentUser,
     tasks: Tasks,
-    limit: Limit = 50,
-    cursor: Cursor = None,
+    query: Annotated[ProjectListQuery, Query()],
 ) -> Response:
     secret = tasks.secret
-    after = _after(secret, cursor)
+    after = _after(secret, query.cursor)
+    limit = query.limit
 
     async def load() -> ProjectPage:
         rows = await service.list_projects(tasks.services.db, user.id, limit=limit + 1, after=after)
@@ -238,20 +252,18 @@ async def list_tasks(
     request: Request,
     user: CurrentUser,
     tasks: Tasks,
-    project_id: Annotated[int | None, Query(ge=1, le=2**63 - 1)] = None,
-    completed: bool | None = None,
-    limit: Limit = 20,
-    cursor: Cursor = None,
+    query: Annotated[TaskListQuery, Query()],
 ) -> Response:
     secret = tasks.secret
-    after = _after(secret, cursor)
+    after = _after(secret, query.cursor)
+    limit = query.limit
 
     async def load() -> TaskPage:
         rows = await service.list_tasks(
             tasks.services.db,
             user.id,
-            project_id=project_id,
-            completed=completed,
+            project_id=query.project_id,
+            completed=query.completed,
             limit=limit + 1,
             after=after,
         )
