@@ -71,7 +71,7 @@ class Bookkeeper:
 
     async def heartbeat(self, ids: list[int]) -> set[int]:
         """Extend the leases of ``ids``; the ids still ours (the others were cancelled)."""
-        async with self.db.acquire() as conn:
+        async with self.db.acquire() as conn, self.transaction(conn):
             rows = await conn.fetch(
                 sql.HEARTBEAT, ids, self.worker_id, self.settings.jobs_lease_seconds
             )
@@ -79,13 +79,15 @@ class Bookkeeper:
 
     async def release(self, ids: list[int]) -> None:
         """Hand unfinished jobs back at once, their attempt not spent, and wake the others."""
-        async with self.db.acquire() as conn:
+        async with self.db.acquire() as conn, self.transaction(conn):
             await conn.execute(sql.RELEASE, ids, self.worker_id)
             await conn.execute(sql.WAKE, WAKE_CHANNEL, "released")
 
     @asynccontextmanager
     async def transaction(self, conn: Connection) -> AsyncIterator[None]:
-        """A transaction for the worker's own writes: claims, completions, failures."""
+        """A transaction for the worker's own writes (claims, completions, failures,
+        heartbeats, releases): index plans only, and no wait for the WAL flush unless
+        JOBS_SYNCHRONOUS_COMMIT (sql.py says why)."""
         durable = self.settings.jobs_synchronous_commit
         async with conn.transaction():
             await conn.execute(sql.BOOKKEEPING_DURABLE if durable else sql.BOOKKEEPING_FAST)

@@ -36,7 +36,7 @@ RETURNING id, name, args, attempt, max_attempts, request_id, priority, run_at,
 # estimate for a LIMIT-ed CTE is poor, and the scan grows with the table). RETURNING comes
 # back in primary-key order, so the worker sorts the batch by priority again.
 
-# Set at the start of each claim/complete/fail transaction (docs/jobs.md, "Durability"):
+# Set at the start of each transaction of the worker's own writes (docs/jobs.md, "Durability"):
 # - synchronous_commit off: the worker's own bookkeeping does not wait for the WAL flush.
 #   A server crash can lose the last fraction of a second of claims and completions; such
 #   a job is claimed again or rescued when its lease runs out, and runs again — the same
