@@ -27,11 +27,11 @@ of its throughput.
 from __future__ import annotations
 
 import hmac
-from collections.abc import AsyncIterator
-from typing import Annotated
+from collections.abc import AsyncIterator, Iterable
+from typing import Annotated, Any
 
-from fastapi import Depends, HTTPException, Security
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi import Depends, FastAPI, HTTPException
+from fastapi.routing import APIRoute, APIRouter
 from starlette.requests import HTTPConnection
 
 from app.auth.ratelimit import RateLimiter
@@ -127,37 +127,19 @@ async def authenticate(auth: Auth, token: str | None) -> tuple[User, AccessClaim
     return user, claims
 
 
-# Declared as a security scheme so that the OpenAPI document says how to authenticate and
-# /docs can authorise; the header is read here and nowhere else for HTTP routes.
-bearer_scheme = HTTPBearer(
-    auto_error=False,
-    description="An access token from POST /api/auth/login; on /ops routes, OPS_TOKEN too.",
-)
-BearerCredentials = Annotated[HTTPAuthorizationCredentials | None, Security(bearer_scheme)]
-
-
-def _token(credentials: HTTPAuthorizationCredentials | None) -> str | None:
-    if credentials is None:
-        return None
-    return credentials.credentials.strip() or None
-
-
-# Both read the services from the app state themselves instead of through AuthDep: every
-# dependency level costs FastAPI a resolution per request, and the user is resolved on
-# nearly every request (the task list spent a fifth of its CPU resolving this chain).
-async def _current_session(
-    connection: HTTPConnection, credentials: BearerCredentials
-) -> tuple[User, AccessClaims]:
+# These read the Authorization header themselves (``bearer_token``) and the services from
+# the app state: see "the bearer scheme in the OpenAPI document" below for why.
+async def _current_session(connection: HTTPConnection) -> tuple[User, AccessClaims]:
     services: Services = connection.app.state.services
-    return await authenticate(services.auth, _token(credentials))
+    return await authenticate(services.auth, bearer_token(connection))
 
 
 CurrentSession = Annotated[tuple[User, AccessClaims], Depends(_current_session)]
 
 
-async def _current_user(connection: HTTPConnection, credentials: BearerCredentials) -> User:
+async def _current_user(connection: HTTPConnection) -> User:
     services: Services = connection.app.state.services
-    return (await authenticate(services.auth, _token(credentials)))[0]
+    return (await authenticate(services.auth, bearer_token(connection)))[0]
 
 
 CurrentUser = Annotated[User, Depends(_current_user)]
@@ -188,8 +170,9 @@ async def is_operator(services: Services, token: str | None) -> bool:
     return user.is_admin
 
 
-async def _require_ops_access(services: ServicesDep, credentials: BearerCredentials) -> None:
-    token = _token(credentials)
+async def _require_ops_access(connection: HTTPConnection) -> None:
+    services: Services = connection.app.state.services
+    token = bearer_token(connection)
     if token is None:
         raise HTTPException(401, "Bearer token required", headers=UNAUTHORIZED)
     if not await is_operator(services, token):
@@ -197,3 +180,58 @@ async def _require_ops_access(services: ServicesDep, credentials: BearerCredenti
 
 
 OpsAccess = Annotated[None, Depends(_require_ops_access)]
+
+
+# --- the bearer scheme in the OpenAPI document ---------------------------------------------
+
+# The dependencies above read the Authorization header themselves (``bearer_token``, the one
+# place an HTTP route's token is read) rather than through ``Security(HTTPBearer())``, and
+# the services from the app state rather than through ``AuthDep``: each dependency level
+# is a resolution FastAPI repeats on every request, and on the task list the bearer scheme
+# and the auth chain were a quarter of its CPU (docs/benchmarks.md). The document still
+# says which operations take a bearer token: ``declare_bearer_scheme`` adds the scheme and
+# marks every operation with one of these among its dependencies, however deep.
+BEARER_SCHEME = {
+    "type": "http",
+    "scheme": "bearer",
+    "description": "An access token from POST /api/auth/login; on /ops routes, OPS_TOKEN too.",
+}
+BEARER_READERS = frozenset({_current_session, _current_user, _require_ops_access})
+
+
+def reads_bearer_token(route: APIRoute) -> bool:
+    """Whether any dependency of ``route`` reads the bearer token."""
+    pending = list(route.dependant.dependencies)
+    while pending:
+        dependency = pending.pop()
+        if dependency.call in BEARER_READERS:
+            return True
+        pending.extend(dependency.dependencies)
+    return False
+
+
+def declare_bearer_scheme(app: FastAPI, routers: Iterable[APIRouter]) -> None:
+    """Wrap ``app.openapi`` so that the document (``/openapi.json``, /docs) has the bearer
+    scheme on every operation of ``routers`` that reads the token."""
+    protected = {
+        (route.path, method.lower())
+        for router in routers
+        for route in router.routes
+        if isinstance(route, APIRoute) and reads_bearer_token(route)
+        for method in route.methods or ()
+    }
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = generate()
+            components = schema.setdefault("components", {})
+            components.setdefault("securitySchemes", {})["HTTPBearer"] = dict(BEARER_SCHEME)
+            for path, operations in schema.get("paths", {}).items():
+                for method, operation in operations.items():
+                    if (path, method) in protected:
+                        operation["security"] = [{"HTTPBearer": []}]
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
