@@ -28,10 +28,12 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import AsyncIterator, Iterable
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, FastAPI, HTTPException
+from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute, APIRouter
+from pydantic import BaseModel, ValidationError
 from starlette.requests import HTTPConnection
 
 from app.auth.ratelimit import RateLimiter
@@ -235,3 +237,45 @@ def declare_bearer_scheme(app: FastAPI, routers: Iterable[APIRouter]) -> None:
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+# --- query strings validated as one model ----------------------------------------------------
+
+# FastAPI re-derives each declared query parameter's metadata on every request (whether
+# its type is a sequence, its aliases, its default): on the task list, four optional
+# parameters cost 28 µs of ~170 even when the query string was empty. The busiest routes
+# read theirs with one pydantic call instead and document them with the same parameter
+# objects FastAPI would write:
+#
+#     @router.get("/things", openapi_extra=query_parameters(ThingQuery), responses=...422)
+#     async def list_things(request: Request, ...) -> ...:
+#         query = read_query(ThingQuery, request)
+QueryModel = TypeVar("QueryModel", bound=BaseModel)
+
+
+def read_query(model: type[QueryModel], connection: HTTPConnection) -> QueryModel:
+    """``model`` validated from the query string; a 422 like FastAPI's when it does not fit
+    (each error's ``loc`` starts with ``"query"``). The last of a repeated key wins."""
+    try:
+        return model.model_validate(dict(connection.query_params))
+    except ValidationError as exc:
+        errors = [
+            {**error, "loc": ("query", *error["loc"])} for error in exc.errors(include_url=False)
+        ]
+        raise RequestValidationError(errors) from None
+
+
+def query_parameters(model: type[BaseModel]) -> dict[str, Any]:
+    """``openapi_extra`` that documents ``model``'s fields as query parameters."""
+    schema = model.model_json_schema()
+    required = set(schema.get("required", ()))
+    parameters = [
+        {
+            "name": name,
+            "in": "query",
+            "required": name in required,
+            "schema": {k: v for k, v in field.items() if not (k == "default" and v is None)},
+        }
+        for name, field in schema["properties"].items()
+    ]
+    return {"parameters": parameters}

@@ -192,6 +192,29 @@ async def test_bad_input_gets_a_json_4xx(
     assert "detail" in response.json()
 
 
+async def test_list_query_strings_are_validated_like_any_parameter(
+    client: httpx.AsyncClient, alice: dict[str, str]
+) -> None:
+    # The list pages read their query string as one model (app/deps.py: read_query); a
+    # client sees the same 422 as for any other parameter, after the same 401.
+    response = await client.get("/api/tasks?limit=0&completed=maybe&other=ignored", headers=alice)
+    assert response.status_code == 422
+    body = response.json()
+    assert [error["loc"] for error in body["errors"]] == [
+        ["query", "completed"],
+        ["query", "limit"],
+    ]
+    assert body["detail"].startswith("Invalid request: query.completed: ")
+    projects = await client.get("/api/projects?limit=101", headers=alice)
+    assert projects.status_code == 422
+    assert projects.json()["errors"][0]["loc"] == ["query", "limit"]
+    assert (await client.get("/api/tasks?limit=0")).status_code == 401
+    for n in range(3):
+        await client.post("/api/tasks", json={"title": f"t{n}"}, headers=alice)
+    page = await client.get("/api/tasks?limit=5&limit=2", headers=alice)
+    assert len(page.json()["items"]) == 2  # a repeated key: the last one counts
+
+
 async def test_malformed_json_body_is_422(client: httpx.AsyncClient, alice: dict[str, str]) -> None:
     response = await client.post(
         "/api/tasks", content=b'{"title": ', headers=alice | {"content-type": "application/json"}

@@ -25,7 +25,6 @@ from fastapi import (
     FastAPI,
     HTTPException,
     Path,
-    Query,
     Request,
     Response,
     status,
@@ -34,7 +33,7 @@ from pydantic import BaseModel, Field
 from starlette.requests import HTTPConnection
 
 from app.cache.http import cache_headers, not_modified
-from app.deps import CurrentUser
+from app.deps import CurrentUser, query_parameters, read_query
 from app.observability.errors import error_responses
 from app.pagination import InvalidCursor, read_timestamp_cursor, timestamp_cursor
 from app.services import Services
@@ -88,8 +87,8 @@ RowId = Annotated[int, Path(ge=1, le=2**63 - 1)]
 OpenApiResponses = dict[int | str, dict[str, Any]]
 
 
-# The list pages' query strings, each validated as one model: one validation per request
-# instead of FastAPI's work per parameter (a third of the task list's dependency time).
+# The list pages' query strings, each read as one model (``read_query``: one validation
+# per request instead of FastAPI's work per declared parameter).
 class ProjectListQuery(BaseModel):
     limit: int = Field(50, ge=1, le=100)
     cursor: str | None = Field(None, max_length=512)
@@ -104,6 +103,7 @@ class TaskListQuery(BaseModel):
 
 NOT_FOUND: OpenApiResponses = error_responses(404)
 BAD_CURSOR: OpenApiResponses = error_responses(400)
+BAD_QUERY: OpenApiResponses = error_responses(422)
 NOT_MODIFIED: OpenApiResponses = {304: {"description": "The If-None-Match ETag is current"}}
 
 
@@ -178,13 +178,14 @@ async def _unchanged(
 # Before the projects: the router tries routes in order, and the task list is the busiest.
 
 
-@router.get("/api/tasks", response_model=TaskPage, responses={**NOT_MODIFIED, **BAD_CURSOR})
-async def list_tasks(
-    request: Request,
-    user: CurrentUser,
-    tasks: Tasks,
-    query: Annotated[TaskListQuery, Query()],
-) -> Response:
+@router.get(
+    "/api/tasks",
+    response_model=TaskPage,
+    responses={**NOT_MODIFIED, **BAD_CURSOR, **BAD_QUERY},
+    openapi_extra=query_parameters(TaskListQuery),
+)
+async def list_tasks(request: Request, user: CurrentUser, tasks: Tasks) -> Response:
+    query = read_query(TaskListQuery, request)
     secret = tasks.secret
     after = _after(secret, query.cursor)
     limit = query.limit
@@ -252,13 +253,14 @@ async def delete_task(task_id: RowId, user: CurrentUser, tasks: Tasks) -> Respon
 # --- projects ----------------------------------------------------------------------------
 
 
-@router.get("/api/projects", response_model=ProjectPage, responses={**NOT_MODIFIED, **BAD_CURSOR})
-async def list_projects(
-    request: Request,
-    user: CurrentUser,
-    tasks: Tasks,
-    query: Annotated[ProjectListQuery, Query()],
-) -> Response:
+@router.get(
+    "/api/projects",
+    response_model=ProjectPage,
+    responses={**NOT_MODIFIED, **BAD_CURSOR, **BAD_QUERY},
+    openapi_extra=query_parameters(ProjectListQuery),
+)
+async def list_projects(request: Request, user: CurrentUser, tasks: Tasks) -> Response:
+    query = read_query(ProjectListQuery, request)
     secret = tasks.secret
     after = _after(secret, query.cursor)
     limit = query.limit
