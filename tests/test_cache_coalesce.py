@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Callable
 import asyncpg
 import pytest
 
+from app.cache.metrics import CacheCollector
 from app.cache.postgres import PostgresCacheBackend
 from app.config import Settings
 from app.services import open_services
@@ -83,3 +84,25 @@ async def test_reads_waiting_when_the_cache_closes_fail_instead_of_hanging(
         await backend.close()
     outcomes = await asyncio.gather(*readers, return_exceptions=True)
     assert all(isinstance(outcome, asyncpg.InterfaceError) for outcome in outcomes), outcomes
+
+
+async def test_batched_reads_are_counted_for_metrics(
+    make_settings: Callable[..., Settings],
+) -> None:
+    settings = make_settings(cache_backend="postgres", cache_pool_size=1, cache_l1_max_entries=0)
+    async with open_services(settings) as services:
+        cache = services.cache
+        backend = cache.backend
+        assert isinstance(backend, PostgresCacheBackend)
+        await cache.set("a", 1)
+        async with backend.pool.acquire():
+            readers = [asyncio.create_task(cache.get(key)) for key in ("a", "a", "b")]
+            await settle()
+        assert await asyncio.gather(*readers) == [1, 1, None]
+        samples = {
+            sample.name: sample.value
+            for metric in CacheCollector(cache).collect()
+            for sample in metric.samples
+        }
+    assert samples["cache_read_batches_total"] == 1
+    assert samples["cache_batched_keys_total"] == 2

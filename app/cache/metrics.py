@@ -7,6 +7,10 @@
 - ``cache_errors_total{operation}``: backend calls that failed or timed out (served as
   misses), ``cache_l1_entries``, ``cache_invalidations_received_total``,
   ``cache_values_skipped_total`` (over CACHE_MAX_VALUE_BYTES).
+- ``cache_read_batches_total`` / ``cache_batched_keys_total``: statements that served
+  single-key reads which found every cache connection busy, and the keys they carried
+  (Postgres backend, coalesce.py). Rising in steady traffic: the cache's connections are
+  the bottleneck — CACHE_POOL_SIZE, or L1 taking more of the reads.
 """
 
 from __future__ import annotations
@@ -59,4 +63,14 @@ class CacheCollector(Collector):
             "cache_values_skipped", "Values not stored for exceeding CACHE_MAX_VALUE_BYTES."
         )
         skipped.add_metric([], cache.skipped_large)
-        yield from (reads, hot, errors, entries, received, skipped)
+        batches, batched_keys = (0, 0) if cache.backend is None else cache.backend.read_batches()
+        read_batches = CounterMetricFamily(
+            "cache_read_batches",
+            "Statements that served single-key reads made while every cache connection was busy.",
+        )
+        read_batches.add_metric([], batches)
+        keys = CounterMetricFamily(
+            "cache_batched_keys", "Keys read by those statements (each once per statement)."
+        )
+        keys.add_metric([], batched_keys)
+        yield from (reads, hot, errors, entries, received, skipped, read_batches, keys)

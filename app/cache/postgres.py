@@ -293,6 +293,10 @@ class PostgresCacheBackend:
     async def count(self) -> int:
         return int(await self.pool.fetchval(COUNT))
 
+    def read_batches(self) -> tuple[int, int]:
+        reads = self._reads
+        return (0, 0) if reads is None else (reads.batches, reads.batched_keys)
+
     @staticmethod
     def _notify(announce: str) -> tuple[str, str]:
         return (INVALIDATION_CHANNEL, announce) if announce else ("", "")

@@ -180,3 +180,6 @@ class RedisCacheBackend:
         async for _ in self.redis.scan_iter(match=NAMESPACE + "*", count=SCAN_BATCH):
             total += 1
         return total
+
+    def read_batches(self) -> tuple[int, int]:
+        return (0, 0)  # reads are not batched on Redis: redis-py queues them on its pool
