@@ -140,8 +140,7 @@ CurrentSession = Annotated[tuple[User, AccessClaims], Depends(_current_session)]
 
 
 async def _current_user(connection: HTTPConnection) -> User:
-    services: Services = connection.app.state.services
-    return (await authenticate(services.auth, bearer_token(connection)))[0]
+    return (await _current_session(connection))[0]  # a call, not another dependency level
 
 
 CurrentUser = Annotated[User, Depends(_current_user)]

@@ -276,7 +276,13 @@ async def child_pgqueuer(jobs: int) -> Any:
     return outcome
 
 
-async def child_raw(jobs: int, *, claim: str = RAW_CLAIM, done_sql: str = RAW_DONE) -> Any:
+async def child_raw(
+    jobs: int,
+    *,
+    claim: str = RAW_CLAIM,
+    claim_args: tuple[Any, ...] = (),
+    done_sql: str = RAW_DONE,
+) -> Any:
     remaining = jobs
     done = asyncio.Event()
 
@@ -287,7 +293,6 @@ async def child_raw(jobs: int, *, claim: str = RAW_CLAIM, done_sql: str = RAW_DO
             done.set()
 
     conns = [await asyncpg.connect(os.environ["DATABASE_URL"]) for _ in range(10)]
-    claim_args = (["default"],) if claim is RAW_JOBS_CLAIM else ()
 
     async def loop(conn: asyncpg.Connection) -> None:
         while not done.is_set():
@@ -325,7 +330,9 @@ def finished(began: float, cpu: float) -> dict[str, float]:
 
 
 async def child_raw_jobs(jobs: int) -> Any:
-    return await child_raw(jobs, claim=RAW_JOBS_CLAIM, done_sql=RAW_JOBS_DONE)
+    return await child_raw(
+        jobs, claim=RAW_JOBS_CLAIM, claim_args=(["default"],), done_sql=RAW_JOBS_DONE
+    )
 
 
 CHILDREN = {

@@ -15,8 +15,8 @@ and with a 503 (a backing service away for a moment, with Retry-After; see middl
 ``error_responses(401, 404, ...)`` documents statuses a route can return in its OpenAPI
 operation with this model; ``document_errors`` (called when the OpenAPI document is built)
 replaces FastAPI's own 422 schema with it and adds what routes answer by construction:
-401 to a route behind the bearer scheme, 408 and 413 to one that takes a body, 400, 500 and 503 to
-all.
+401 to a route behind the bearer scheme, 408 and 413 to one that takes a body, 400, 500
+and 503 to all.
 """
 
 from __future__ import annotations
@@ -51,8 +51,8 @@ STATUS_TEXT = {
     401: "Missing, invalid or expired credentials",
     403: "Not allowed for this account",
     404: "Not found (or not yours)",
-    409: "Conflicts with the current state",
     408: "Request body not received in time (REQUEST_BODY_TIMEOUT_SECONDS)",
+    409: "Conflicts with the current state",
     413: "Request body too large (MAX_REQUEST_BODY_BYTES)",
     422: "Invalid request: the body, query or path failed validation",
     429: "Rate limited; Retry-After says when to try again",
