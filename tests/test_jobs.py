@@ -15,7 +15,7 @@ import tests.jobs_fixtures as fixtures
 from app.config import Settings
 from app.db import Database
 from app.jobs import Jobs, cancel_job, enqueue, enqueue_many, retry_job
-from app.jobs.sql import CLAIM
+from app.jobs.sql import CLAIM, CLAIM_KEEPING
 from app.jobs.worker import Worker
 from app.main import create_app
 from app.observability.logging import request_id_var
@@ -122,9 +122,14 @@ async def test_a_claim_walks_the_claim_index_even_before_analyze(
     assert "Sort" not in plan, plan
 
 
+@pytest.mark.parametrize("claim", [CLAIM, CLAIM_KEEPING], ids=["deleting", "keeping"])
 @pytest.mark.parametrize("pool_mode", ["direct", "pgbouncer"])
 async def test_a_claim_planned_on_an_empty_table_still_reads_by_index(
-    db: Database, make_settings: Callable[..., Settings], pool_mode: str, services: Services
+    db: Database,
+    make_settings: Callable[..., Settings],
+    pool_mode: str,
+    services: Services,
+    claim: str,
 ) -> None:
     # A worker that starts on an empty queue caches its claim's generic plan then; a burst
     # enqueued later (not yet analysed) must not meet a plan that reads the whole table for
@@ -135,7 +140,7 @@ async def test_a_claim_planned_on_an_empty_table_still_reads_by_index(
     await enqueue_many("test.record", [{"value": n} for n in range(5000)])
     worker = worker_for(services, make_settings(**JOB_SETTINGS, db_pool_mode=pool_mode))
     prepare = (
-        "PREPARE claim_probe(text[], int, float8, text, bigint[]) AS " + CLAIM,
+        "PREPARE claim_probe(text[], int, float8, text, bigint[]) AS " + claim,
         "EXPLAIN EXECUTE claim_probe('{default}', 100, 30, 'w', '{1,2,3}')",
     )
     if pool_mode == "direct":
@@ -178,6 +183,33 @@ async def test_worker_bookkeeping_skips_the_wal_flush_unless_configured(
     )
     await worker.bookkeeper.close()
     assert (source == "session") is not synchronous  # else the server's own setting
+
+
+@pytest.mark.parametrize("keep", [False, True], ids=["deleted", "kept"])
+async def test_a_success_is_deleted_when_recorded_unless_successes_are_kept(
+    db: Database, make_settings: Callable[..., Settings], services: Services, keep: bool
+) -> None:
+    # Both ways a success is recorded: carried by the next claim, or flushed on its own.
+    await enqueue_many("test.record", [{"value": n} for n in range(3)])
+    worker = worker_for(services, make_settings(**JOB_SETTINGS, jobs_keep_succeeded=keep))
+    keeper = worker.bookkeeper
+    first, second, third = [row["id"] for row in await keeper.claim(["default"], 3, [])]
+    assert await keeper.claim(["default"], 3, [first]) == []  # the claim records `first`
+    await keeper.complete([second])
+    await keeper.close()
+    async with db.acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT id, state::text, finished_at IS NOT NULL AS finished, locked_by FROM jobs"
+            " WHERE id = ANY($1::bigint[]) ORDER BY id",
+            [first, second, third],
+        )
+    left = {row["id"]: (row["state"], row["finished"], row["locked_by"]) for row in rows}
+    still_running = ("running", False, worker.id)
+    if keep:
+        done = ("succeeded", True, None)
+        assert left == {first: done, second: done, third: still_running}
+    else:
+        assert left == {third: still_running}
 
 
 async def test_a_worker_behind_pgbouncer_claims_in_pooled_transactions(
@@ -376,16 +408,17 @@ async def test_two_workers_never_run_the_same_job(db: Database, database_url: st
         await finish(process)
     assert len(await runs(db, "unique")) == 300
     async with db.acquire() as conn:
-        states = await conn.fetch(
-            "SELECT state::text, count(*) FROM jobs WHERE name = 'test.unique_run' GROUP BY 1"
-        )
-    assert {row[0]: row[1] for row in states} == {"succeeded": 300}
+        left = await conn.fetchval("SELECT count(*) FROM jobs WHERE name = 'test.unique_run'")
+    assert left == 0  # every success recorded, and deleted (JOBS_KEEP_SUCCEEDED is off)
 
 
 async def test_a_lone_burst_worker_runs_due_periodic_jobs(
-    db: Database, job_settings: Settings, services: Services
+    db: Database, make_settings: Callable[..., Settings], services: Services
 ) -> None:
-    await drain(services)
+    # Successes kept, so that the table shows which jobs ran.
+    await worker_for(
+        services, make_settings(**JOB_SETTINGS, jobs_keep_succeeded=True), burst=True
+    ).run()
     assert len(await runs(db, "periodic")) == 1
     async with db.acquire() as conn:
         names = {

@@ -26,6 +26,7 @@ from tests.jobs_helpers import (
     job_row,
     job_services,
     read_until,
+    runs,
     worker_process,
 )
 
@@ -220,13 +221,14 @@ async def test_overlapping_leaders_enqueue_each_periodic_slot_once(services: Ser
 
     await asyncio.gather(*(leader.schedule_periodic() for leader in leaders))
     assert await periodic_jobs() == 1
-    await drain(services, clock=lambda: now)  # runs it; the same slot is not enqueued again
-    now = minute + timedelta(seconds=40)
+    await drain(services, clock=lambda: now)  # runs it (and deletes it: a success)
+    assert (len(await runs(services.db, "periodic")), await periodic_jobs()) == (1, 0)
+    now = minute + timedelta(seconds=40)  # the same slot is not enqueued again
     await asyncio.gather(*(leader.schedule_periodic() for leader in leaders))
-    assert await periodic_jobs() == 1
+    assert await periodic_jobs() == 0
     now = minute + timedelta(minutes=1)
     await asyncio.gather(*(leader.schedule_periodic() for leader in leaders))
-    assert await periodic_jobs() == 2
+    assert await periodic_jobs() == 1
 
 
 async def test_the_leader_rescues_jobs_whose_lease_ran_out(services: Services) -> None:

@@ -15,10 +15,9 @@ from app.current import ServicesNotOpen
 from app.db import Database
 from app.jobs import enqueue, run_worker
 from app.jobs.housekeeping import prune_jobs
-from app.jobs.worker import Worker
 from app.services import Services
 from tests.helpers import eventually
-from tests.jobs_helpers import JOB_SETTINGS, drain, job_row, job_services, runs
+from tests.jobs_helpers import JOB_SETTINGS, drain, job_row, job_services, runs, worker_for
 
 
 @pytest.fixture
@@ -33,14 +32,16 @@ async def services(job_settings: Settings) -> AsyncIterator[Services]:
 
 
 async def test_heartbeats_keep_a_long_job_leased_while_another_worker_runs(
-    services: Services,
+    make_settings: Callable[..., Settings], services: Services
 ) -> None:
     # Lease 1.5 s, a job of 5 s: without heartbeats its lease runs out three times over,
     # and the maintenance leader (either worker) would rescue it for the other to re-run.
     lease = services.settings.jobs_lease_seconds
     job_id = await enqueue("test.sleep", {"marker": "long", "seconds": lease * 3 + 0.5})
     assert job_id is not None
-    first, second = Worker(services.jobs), Worker(services.jobs)
+    # Successes kept, so that the row shows the one attempt and no error.
+    kept = make_settings(**JOB_SETTINGS, jobs_keep_succeeded=True)
+    first, second = worker_for(services, kept), worker_for(services, kept)
     first_task = asyncio.create_task(first.run())
     await eventually(lambda: runs(services.db, "sleep.started"), lambda r: r == ["long"])
     second_task = asyncio.create_task(second.run())

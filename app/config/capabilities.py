@@ -31,7 +31,15 @@ class JobsSettings(BaseModel):
     jobs_default_timeout: float = Field(300.0, gt=0, description="Seconds a job may run.")
     jobs_backoff_base: float = Field(2.0, gt=0, description="First retry delay, doubling.")
     jobs_backoff_max: float = Field(3600.0, gt=0, description="Longest retry delay.")
-    jobs_retention_hours: float = Field(72.0, gt=0, description="Finished jobs kept.")
+    jobs_retention_hours: float = Field(
+        72.0, gt=0, description="Hours finished jobs are kept (failures, and kept successes)."
+    )
+    jobs_keep_succeeded: bool = Field(
+        False,
+        description="Keep succeeded jobs (state succeeded) until the retention. Off: a success"
+        " is deleted when recorded — one row write per job instead of two; its count and run"
+        " time are in the metrics.",
+    )
     jobs_synchronous_commit: bool = Field(
         False,
         description="Workers wait for the WAL flush on claims and completions. Off: a server"

@@ -9,8 +9,8 @@ one server connection per worker process, which a claim loop keeps busy anyway, 
 claim in one round trip instead of a pooled transaction's BEGIN, SET LOCAL, Parse, Bind
 and COMMIT (docs/benchmarks.md: ~30 % more jobs/s). Without a direct URL, where sessions
 keep no settings, each claim is a pooled transaction with ``SET LOCAL`` instead.
-Completions and failures are pooled transactions with the same settings. Why: ``sql.py``
-and docs/jobs.md.
+Completions and failures are pooled transactions with the same settings. A success is
+deleted, or kept as ``succeeded`` with JOBS_KEEP_SUCCEEDED. Why: ``sql.py`` and docs/jobs.md.
 """
 
 from __future__ import annotations
@@ -43,23 +43,26 @@ class Bookkeeper:
         self.settings = settings
         self.worker_id = worker_id
         self._claim_conn: asyncpg.Connection[Record] | None = None
+        keep = settings.jobs_keep_succeeded
+        self._claim_sql = sql.CLAIM_KEEPING if keep else sql.CLAIM
+        self._complete_sql = sql.COMPLETE_KEEPING if keep else sql.COMPLETE
 
     async def claim(self, queues: list[str], limit: int, done: list[int]) -> list[Record]:
         """Record the successes ``done`` and lease up to ``limit`` jobs, in one statement."""
         args = (queues, limit, self.settings.jobs_lease_seconds, self.worker_id, done)
         if self.db.direct_url is None:  # behind PgBouncer without DATABASE_DIRECT_URL
             async with self.db.acquire() as conn, self.transaction(conn):
-                return await conn.fetch(sql.CLAIM, *args)
+                return await conn.fetch(self._claim_sql, *args)
         conn = await self.claim_connection()
         try:
-            return await conn.fetch(sql.CLAIM, *args)
+            return await conn.fetch(self._claim_sql, *args)
         except CONNECTION_LOST:
             await self.close()  # the next claim connects again
             raise
 
     async def complete(self, ids: list[int]) -> None:
         async with self.db.acquire() as conn, self.transaction(conn):
-            await conn.execute(sql.COMPLETE, ids, self.worker_id)
+            await conn.execute(self._complete_sql, ids, self.worker_id)
 
     async def fail(self, job_id: int, delay: float, error: str, trace: str) -> str | None:
         """Record a failed attempt; the job's new state (available or dead), None if not ours."""

@@ -1,10 +1,10 @@
 """The queue's own job: ``pgfirst.prune_jobs`` deletes finished jobs past the retention.
 
-Finished jobs (succeeded, dead, cancelled) stay JOBS_RETENTION_HOURS for inspection, then
-go in batches of 10,000, each its own short statement so no long transaction holds back
-vacuum. A periodic job rather than a step of the maintenance leader: it can run long on a
-big backlog, and a job slot has a timeout and retries while the leader's rounds must stay
-short to renew its lease (``maintenance.py``).
+Finished jobs (dead, cancelled, and succeeded with JOBS_KEEP_SUCCEEDED) stay
+JOBS_RETENTION_HOURS for inspection, then go in batches of 10,000, each its own short
+statement so no long transaction holds back vacuum. A periodic job rather than a step of
+the maintenance leader: it can run long on a big backlog, and a job slot has a timeout and
+retries while the leader's rounds must stay short to renew its lease (``maintenance.py``).
 """
 
 from __future__ import annotations

@@ -19,6 +19,8 @@ OLDEST = """
 SELECT queue, extract(epoch FROM now() - min(run_at)) AS age
 FROM jobs WHERE state = 'available' AND run_at <= now() GROUP BY queue
 """
+# Rows the table keeps: failures, and successes only with JOBS_KEEP_SUCCEEDED (otherwise
+# they are deleted when recorded; their throughput is jobs_finished_total).
 THROUGHPUT = """
 SELECT count(*) FROM jobs WHERE finished_at > now() - interval '1 minute'
 """

@@ -9,12 +9,8 @@ from __future__ import annotations
 
 # --- the claim loop ------------------------------------------------------------------------
 
-CLAIM = """
-WITH finished AS (
-    UPDATE jobs
-    SET state = 'succeeded', finished_at = now(), locked_until = NULL, locked_by = NULL
-    WHERE id = ANY($5::bigint[]) AND locked_by = $4 AND locked_until IS NOT NULL
-)
+# The lease half of every claim: the next jobs in claim order, leased to worker $4.
+_LEASE = """
 UPDATE jobs
 SET state = 'running', attempt = attempt + 1,
     locked_until = now() + make_interval(secs => $3), locked_by = $4
@@ -28,6 +24,27 @@ WHERE id = ANY(ARRAY(
 RETURNING id, name, args, attempt, max_attempts, request_id, priority, run_at,
           extract(epoch FROM now() - run_at) AS waited
 """
+# Succeeded jobs are deleted (the default) or kept as 'succeeded' until the retention
+# (JOBS_KEEP_SUCCEEDED). Keeping one writes a second row version with its primary-key and
+# jobs_finished entries; a delete only marks the row: ~35 % more claims per second on
+# this server (docs/benchmarks.md).
+CLAIM = (
+    """
+WITH finished AS (
+    DELETE FROM jobs
+    WHERE id = ANY($5::bigint[]) AND locked_by = $4 AND locked_until IS NOT NULL
+)"""
+    + _LEASE
+)
+CLAIM_KEEPING = (
+    """
+WITH finished AS (
+    UPDATE jobs
+    SET state = 'succeeded', finished_at = now(), locked_until = NULL, locked_by = NULL
+    WHERE id = ANY($5::bigint[]) AND locked_by = $4 AND locked_until IS NOT NULL
+)"""
+    + _LEASE
+)
 # The claim also records the successes since the last one (`finished`, $5): one statement
 # and one commit per batch for both ends. A data-modifying CTE runs to completion even
 # though nothing reads it; its rows (running) and the claimed ones (available) never meet.
@@ -66,6 +83,10 @@ CLAIMER_FAST = CLAIMER_DURABLE + "; SET synchronous_commit = off"
 # lets the planner AND the primary-key lookup with a scan of the whole lease index, which
 # still holds an entry for every job finished since the last vacuum.
 COMPLETE = """
+DELETE FROM jobs
+WHERE id = ANY($1::bigint[]) AND locked_by = $2 AND locked_until IS NOT NULL
+"""
+COMPLETE_KEEPING = """
 UPDATE jobs
 SET state = 'succeeded', finished_at = now(), locked_until = NULL, locked_by = NULL
 WHERE id = ANY($1::bigint[]) AND locked_by = $2 AND locked_until IS NOT NULL
