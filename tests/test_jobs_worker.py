@@ -13,7 +13,7 @@ import pytest
 from app.config import Settings
 from app.current import ServicesNotOpen
 from app.db import Database
-from app.jobs import enqueue, run_worker
+from app.jobs import enqueue, enqueue_many, run_worker
 from app.jobs.housekeeping import prune_jobs
 from app.services import Services
 from tests.helpers import eventually
@@ -58,6 +58,45 @@ async def test_heartbeats_keep_a_long_job_leased_while_another_worker_runs(
     assert row["state"] == "succeeded"
     assert row["attempt"] == 1
     assert row["errors"] == []
+
+
+async def test_a_worker_with_slow_jobs_leases_only_what_its_slots_take(
+    make_settings: Callable[..., Settings], services: Services
+) -> None:
+    # 20 jobs of 0.3 s on two slots: a whole batch (200) leased at once would leave another
+    # worker nothing to do for 3 s; the claims follow the jobs' speed instead.
+    await enqueue_many("test.sleep", [{"marker": str(n), "seconds": 0.3} for n in range(20)])
+    worker = worker_for(services, make_settings(**JOB_SETTINGS), concurrency=2)
+    running = asyncio.create_task(worker.run())
+    held: list[int] = []
+    try:
+        for _ in range(12):
+            await asyncio.sleep(0.1)
+            async with services.db.acquire() as conn:
+                held.append(
+                    await conn.fetchval("SELECT count(*) FROM jobs WHERE locked_by = $1", worker.id)
+                )
+    finally:
+        worker.stop()
+        await running
+    # Two running, and fewer than two waiting when it claims two more.
+    assert 0 < max(held) <= 5, held
+    assert worker.claim_plan() == (2, 2)
+
+
+async def test_quick_jobs_are_claimed_a_batch_at_a_time_two_batches_ahead(
+    make_settings: Callable[..., Settings], services: Services
+) -> None:
+    settings = make_settings(**JOB_SETTINGS, jobs_claim_batch=100)
+    worker = worker_for(services, settings, concurrency=10)
+    assert worker.claim_plan() == (10, 10)  # nothing ran yet: as if the jobs were slow
+    worker.claim_seconds = 0.001
+    worker.runner.mean_run_seconds = 0.000_01  # 10 µs: 10,000 jobs per claim round trip
+    assert worker.claim_plan() == (200, 100)
+    worker.runner.mean_run_seconds = 0.001  # 1 ms: 20 finish during a claim, times two
+    assert worker.claim_plan() == (20, 20)
+    worker.runner.mean_run_seconds = 2.0
+    assert worker.claim_plan() == (10, 10)
 
 
 @pytest.mark.parametrize("seed", [1, 2])

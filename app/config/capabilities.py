@@ -17,7 +17,9 @@ class JobsSettings(BaseModel):
         "own jobs; pgfirst's are always included).",
     )
     jobs_concurrency: int = Field(10, ge=1, description="Jobs a worker runs at once.")
-    jobs_claim_batch: int = Field(100, ge=1, description="Most jobs claimed per statement.")
+    jobs_claim_batch: int = Field(
+        200, ge=1, description="Most jobs claimed per statement (quick jobs; slow ones fewer)."
+    )
     jobs_poll_interval: float = Field(
         1.0, gt=0, description="Seconds between polls when no NOTIFY arrives (fallback)."
     )

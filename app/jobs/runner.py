@@ -85,6 +85,9 @@ class JobRunner:
         self.on_failure = on_failure
         self.on_low = on_low
         self.ready: deque[ClaimedJob] = deque()  # claimed (leased), not started yet
+        # A moving average of how long a job runs, 0.0 until one has: the worker sizes its
+        # claims from it (``Worker.claim_plan``).
+        self.mean_run_seconds = 0.0
         self.succeeded: list[int] = []
         self.stopping = False
         self._slots: list[_Slot] = []
@@ -167,7 +170,10 @@ class JobRunner:
             self.succeeded.append(job.id)
             self.metrics.succeeded += 1
         finally:
-            self.metrics.ran(job.name, perf_counter() - started)
+            took = perf_counter() - started
+            self.metrics.ran(job.name, took)
+            mean = self.mean_run_seconds
+            self.mean_run_seconds = took if mean == 0.0 else mean + 0.1 * (took - mean)
             request_id_var.reset(token)
             slot.job = None
             slot.deadline = math.inf

@@ -1,12 +1,14 @@
 """The worker: claim in batches, run with bounded concurrency, finish in batches.
 
-Loop: claim a batch ahead of the free slots (``FOR UPDATE SKIP LOCKED``, so workers never
-wait on each other and never get the same job), run the jobs on ``concurrency`` slots
-(``runner.py``), and record the successes in the next claim statement — one statement and
-one commit per batch for both ends, because transactions per job are what bound a queue's
-throughput (docs/jobs.md). The worker's bookkeeping pins the claim's plan
-(no sort, no sequential scan) and does not wait for the WAL flush (JOBS_SYNCHRONOUS_COMMIT): a
-lost claim or completion re-runs a job, it never loses one. With nothing to claim the
+Loop: claim ahead of the free slots (``FOR UPDATE SKIP LOCKED``, so workers never wait on
+each other and never get the same job) as many jobs as the slots finish during a claim,
+twice over (``claim_plan``: up to two batches for quick jobs, ``concurrency`` for slow
+ones), run them on ``concurrency`` slots (``runner.py``), and record the successes in the
+next claim statement — one statement and one commit per batch for both ends, because
+transactions per job are what bound a queue's throughput (docs/jobs.md). The worker's
+bookkeeping pins the claim's plan (no sort, no sequential scan) and does not wait for the
+WAL flush (JOBS_SYNCHRONOUS_COMMIT): a lost claim or completion re-runs a job, it never
+loses one. With nothing to claim the
 worker sleeps until a wake-up on ``pgfirst_jobs`` through the process's notifier (sent
 when a job is committed) or the poll interval, whichever comes first; without LISTEN
 (``DB_POOL_MODE=pgbouncer``, or a lost listener) polling alone keeps it going. The
@@ -30,11 +32,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import random
 import socket
 import traceback
 import uuid
+from time import perf_counter
 
 import asyncpg
 
@@ -78,14 +82,13 @@ class Worker:
         self.bookkeeper = Bookkeeper(jobs.db, settings, self.id)
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not crypto
         self._wake = asyncio.Event()
-        # Claim again while half a batch is still waiting, so slots never idle on a claim.
-        self._low_water = max(self.concurrency, settings.jobs_claim_batch // 2)
+        self.claim_seconds = 0.0  # a moving average of a claim's round trip
         self.runner = JobRunner(
             self.registry,
             settings,
             JOB_METRICS,
             concurrency=self.concurrency,
-            low_water=self._low_water,
+            low_water=self.concurrency,
             on_failure=self._record_failure,
             on_low=self._wake.set,
         )
@@ -136,24 +139,42 @@ class Worker:
 
     # --- claiming and running ------------------------------------------------------------
 
+    def claim_plan(self) -> tuple[int, int]:
+        """How many jobs to keep leased ahead of the slots, and how many to claim at once.
+
+        Little's law: while a claim is on its way, the slots finish about claim time ×
+        concurrency / run time jobs; with twice that many waiting they never idle on a
+        claim. Quick jobs therefore keep up to two batches (JOBS_CLAIM_BATCH) ahead — the
+        next claim is sent as soon as one returns and runs on the server while these run
+        here — and slow ones only ``concurrency``, claimed that many at a time, which
+        leaves the rest of the queue to other workers. Before any job has run: slow.
+        """
+        batch = self.settings.jobs_claim_batch
+        smallest = min(self.concurrency, batch)
+        run = self.runner.mean_run_seconds
+        if run == 0.0:
+            return self.concurrency, smallest
+        wanted = math.ceil(2 * self.claim_seconds * self.concurrency / run)
+        ahead = max(self.concurrency, min(2 * batch, wanted))
+        return ahead, max(smallest, min(batch, ahead))
+
     async def _claim_loop(self) -> None:
         interval = self.settings.jobs_poll_interval
-        batch = self.settings.jobs_claim_batch
         failures = 0
         while not self._stopping.is_set():
             self._wake.clear()
-            # Claim a whole batch ahead of the free slots whenever fewer than half a batch
-            # wait, so the next jobs are leased before a slot frees up and one statement
-            # feeds many jobs. By default a worker holds at most concurrency + 1.5 batches.
             claimed = 0
             tried = False
             try:
-                if len(self.runner.ready) < self._low_water:
+                ahead, size = self.claim_plan()
+                self.runner.low_water = ahead  # the slots wake this loop below it
+                if len(self.runner.ready) < ahead:
                     tried = True
-                    claimed = await self._claim(batch)
+                    claimed = await self._claim(size)
                 self.runner.start()
-                # Successes are recorded a batch at a time, or as soon as the worker is idle.
-                if len(self.runner.succeeded) >= batch or not self.runner.busy():
+                # Successes ride on the next claim; on their own only when the worker is
+                # idle (and at least every second, by the upkeep loop).
+                if not self.runner.busy():
                     await self._flush()
             except CLAIM_ERRORS as exc:
                 # The database went away (restart, failover, network): keep running the
@@ -168,7 +189,7 @@ class Worker:
                         await self._stopping.wait()
                 continue
             failures = 0
-            if claimed and len(self.runner.ready) < self._low_water:
+            if claimed and len(self.runner.ready) < self.runner.low_water:
                 continue
             if not self.runner.busy():
                 if not tried:
@@ -188,11 +209,13 @@ class Worker:
         """
         runner = self.runner
         done, runner.succeeded = runner.succeeded, []
+        started = perf_counter()
         try:
             rows = await self.bookkeeper.claim(self.queues, limit, done)
         except BaseException:
             runner.succeeded[:0] = done  # recorded by the next try (a repeat is a no-op)
             raise
+        self.claim_seconds += 0.2 * (perf_counter() - started - self.claim_seconds)
         observe_wait = JOB_METRICS.wait.observe
         for row in sorted(rows, key=lambda r: (-r["priority"], r["run_at"], r["id"])):
             observe_wait(max(0.0, float(row["waited"])))
