@@ -8,11 +8,11 @@ next claim statement — one statement and one commit per batch for both ends, b
 transactions per job are what bound a queue's throughput (docs/jobs.md). The worker's
 bookkeeping pins the claim's plan (no sort, no sequential scan) and does not wait for the
 WAL flush (JOBS_SYNCHRONOUS_COMMIT): a lost claim or completion re-runs a job, it never
-loses one. With nothing to claim the
-worker sleeps until a wake-up on ``pgfirst_jobs`` through the process's notifier (sent
-when a job is committed) or the poll interval, whichever comes first; without LISTEN
-(``DB_POOL_MODE=pgbouncer``, or a lost listener) polling alone keeps it going. The
-worker's statements are in ``bookkeeping.py``, the SQL and why it is shaped so in ``sql.py``.
+loses one. With nothing to claim the worker sleeps until a wake-up on ``pgfirst_jobs``
+through the process's notifier (sent when a job is committed) or the poll interval,
+whichever comes first; without LISTEN (``DB_POOL_MODE=pgbouncer``, or a lost listener)
+polling alone keeps it going. The worker's statements are in ``bookkeeping.py``, the SQL
+and why it is shaped so in ``sql.py``.
 
 Beside the claim loop run two tasks the worker owns: its upkeep (every lease/3 seconds it
 extends the leases of its own running jobs — a job cancelled meanwhile is not extended and
