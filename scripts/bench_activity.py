@@ -30,7 +30,7 @@ from app.activity.feed import ActivityEntry, read_feed
 from app.activity.partitions import maintain, partition_name, shift
 from app.config import load_settings
 from app.db import Connection, Database
-from app.pagination import timestamp_cursor
+from app.pagination import read_timestamp_cursor, timestamp_cursor
 from scripts.benchkit import percentile, postgres
 
 FLAT_DDL = """
@@ -79,9 +79,13 @@ async def feed_latency(conn: Connection, table: str, at: datetime | None) -> lis
         began = time.perf_counter()
         if table == "activity_logs":
             await read_feed(conn, SECRET, user, limit=20, cursor=cursor)
-        else:  # same work as read_feed: query, then the response models
+        else:  # same work as read_feed: read the cursor, query, the models, the next cursor
+            if cursor:
+                read_timestamp_cursor(SECRET, cursor)
             rows = await conn.fetch(sql, user, at or datetime.now(UTC) + timedelta(days=1), 2**62)
-            [ActivityEntry(**dict(row)) for row in rows[:20]]
+            items = [ActivityEntry(**dict(row)) for row in rows[:20]]
+            if len(rows) > 20:
+                timestamp_cursor(SECRET, items[-1].created_at, items[-1].id)
         latencies.append(time.perf_counter() - began)
     return latencies
 
