@@ -28,10 +28,12 @@ import math
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from time import monotonic, perf_counter
 from typing import Any
 
 from app.config import Settings
+from app.db import Record
 from app.jobs.metrics import JobMetrics
 from app.jobs.registry import JobRegistry
 from app.observability.logging import request_id_var
@@ -47,6 +49,17 @@ class ClaimedJob:
     attempt: int
     max_attempts: int
     request_id: str | None
+
+    @classmethod
+    def from_row(cls, row: Record) -> ClaimedJob:
+        """The job of a row the claim returned."""
+        id_, name, args = row["id"], row["name"], row["args"]
+        return cls(id_, name, args, row["attempt"], row["max_attempts"], row["request_id"])
+
+
+def _claim_order(row: Record) -> tuple[int, datetime, int]:
+    # The claim's ORDER BY; its RETURNING comes back in primary-key order instead.
+    return (-row["priority"], row["run_at"], row["id"])
 
 
 class _Slot:
@@ -84,7 +97,9 @@ class JobRunner:
         self.low_water = low_water
         self.on_failure = on_failure
         self.on_low = on_low
-        self.ready: deque[ClaimedJob] = deque()  # claimed (leased), not started yet
+        # Claimed (leased) and not started yet: the rows as the claim returned them. A slot
+        # turns a row into its job when it takes it, while the next claim is on its way.
+        self.ready: deque[Record] = deque()
         # A moving average of how long a job runs, 0.0 until one has: the worker sizes its
         # claims from it (``Worker.claim_plan``).
         self.mean_run_seconds = 0.0
@@ -104,6 +119,14 @@ class JobRunner:
     def running_ids(self) -> list[int]:
         return [slot.job.id for slot in self._slots if slot.job is not None]
 
+    def waiting_ids(self) -> list[int]:
+        return [row["id"] for row in self.ready]
+
+    def add(self, rows: list[Record]) -> None:
+        """Queue claimed rows in claim order behind those already waiting, start what fits."""
+        self.ready.extend(sorted(rows, key=_claim_order))
+        self.start()
+
     def start(self) -> None:
         """Give waiting jobs a slot, up to ``concurrency`` slots."""
         if self.stopping:
@@ -121,7 +144,7 @@ class JobRunner:
 
     def cancel(self, job_id: int) -> None:
         """Cancel one job: dropped if it waits, its slot interrupted if it runs."""
-        for waiting in [job for job in self.ready if job.id == job_id]:
+        for waiting in [row for row in self.ready if row["id"] == job_id]:
             self.ready.remove(waiting)
         for slot in self._slots:
             if slot.job is not None and slot.job.id == job_id and slot.outcome is None:
@@ -133,9 +156,11 @@ class JobRunner:
         task = slot.task
         assert task is not None
         try:
+            observe_wait = self.metrics.wait.observe
             while self.ready and not self.stopping:
-                job = self.ready.popleft()
-                await self._run(slot, task, job)
+                row = self.ready.popleft()
+                observe_wait(max(0.0, float(row["waited"])))
+                await self._run(slot, task, ClaimedJob.from_row(row))
                 if len(self.ready) < self.low_water:
                     self.on_low()
         finally:
@@ -222,7 +247,7 @@ class JobRunner:
         tasks = [slot.task for slot in self._slots if slot.task is not None]
         if tasks:
             await asyncio.wait(tasks, timeout=grace)
-        leftover = self.running_ids() + [job.id for job in self.ready]
+        leftover = self.running_ids() + self.waiting_ids()
         self.ready.clear()
         for task in tasks:
             task.cancel()

@@ -216,20 +216,8 @@ class Worker:
             runner.succeeded[:0] = done  # recorded by the next try (a repeat is a no-op)
             raise
         self.claim_seconds += 0.2 * (perf_counter() - started - self.claim_seconds)
-        observe_wait = JOB_METRICS.wait.observe
-        for row in sorted(rows, key=lambda r: (-r["priority"], r["run_at"], r["id"])):
-            observe_wait(max(0.0, float(row["waited"])))
-            runner.ready.append(
-                ClaimedJob(
-                    row["id"],
-                    row["name"],
-                    row["args"],
-                    row["attempt"],
-                    row["max_attempts"],
-                    row["request_id"],
-                )
-            )
-        runner.start()
+        # Handed over as rows: the slots make jobs of them while the next claim is out.
+        runner.add(rows)
         return len(rows)
 
     def backoff(self, attempt: int) -> float:
@@ -275,7 +263,7 @@ class Worker:
                 log.exception("jobs: upkeep failed; trying again in %.1fs", period)
 
     async def _heartbeat(self) -> None:
-        ids = [*self.runner.running_ids(), *(job.id for job in self.runner.ready)]
+        ids = [*self.runner.running_ids(), *self.runner.waiting_ids()]
         if not ids:
             return
         kept = await self.bookkeeper.heartbeat(ids)
