@@ -11,6 +11,9 @@ hundred jobs), so this module keeps the per-job path short:
 - **One watchdog for every timeout.** A job's deadline is a float set when it starts; one
   task sleeps until the earliest deadline and cancels the slots whose job is past it
   (``asyncio.timeout`` per job would be an object and a timer handle each).
+- **Rows in, jobs made by the slots.** The worker queues the claimed rows as they came
+  (``add``); a slot turns a row into its ``ClaimedJob`` when it takes it, so that work
+  runs while the worker's next claim is on the server rather than between claims.
 - **Metrics counted locally**, handed to Prometheus by ``metrics.py`` per batch.
 
 Semantics are those of the worker (docs/jobs.md): a job is a success when its handler
