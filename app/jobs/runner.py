@@ -56,8 +56,14 @@ class ClaimedJob:
     @classmethod
     def from_row(cls, row: Record) -> ClaimedJob:
         """The job of a row the claim returned."""
-        id_, name, args = row["id"], row["name"], row["args"]
-        return cls(id_, name, args, row["attempt"], row["max_attempts"], row["request_id"])
+        return cls(
+            row["id"],
+            row["name"],
+            row["args"],
+            row["attempt"],
+            row["max_attempts"],
+            row["request_id"],
+        )
 
 
 def _claim_order(row: Record) -> tuple[int, datetime, int]:
