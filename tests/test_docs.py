@@ -102,6 +102,21 @@ def test_runnable_blocks_name_a_known_language(block: Block) -> None:
     assert block.language in LANGUAGES, f"{block.location}: ```{block.language} runnable"
 
 
+# A reader that stops at its first match or line closes the pipe while the writer may still
+# be writing; under pipefail the writer's failure (curl: "Failed writing body", exit 23)
+# fails the block, and only when the output outgrows the pipe's buffer.
+EARLY_EXIT_READER = re.compile(r"\|\s*(grep\s+(-\w*[qm]\w*)|head\b)")
+
+
+@pytest.mark.parametrize(
+    "block", [b for b in BLOCKS if b.language == "sh"], ids=lambda block: block.location
+)
+def test_sh_blocks_do_not_pipe_into_a_reader_that_stops_early(block: Block) -> None:
+    assert not EARLY_EXIT_READER.search(block.code), (
+        f'{block.location}: read the whole output first (output=$(...); grep -q ... <<<"$output")'
+    )
+
+
 # --- a database and an app for the blocks, one for the module ------------------------------
 
 
