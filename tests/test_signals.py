@@ -43,7 +43,7 @@ async def test_every_required_signal_is_reported(open_with: OpenWith) -> None:
         "db.read_share", "db.replica_lag", "db.notify_queue_usage", "db.xid_age",
         "db.unused_indexes", "http.latency_p50", "http.latency_p99", "http.slow_responses",
         "http.error_rate", "jobs.queue_depth", "jobs.oldest_wait_seconds", "jobs.dead",
-        "cache.hit_ratio", "cache.hot_keys", "pubsub.publish_rate",
+        "cache.hit_ratio", "cache.hot_keys", "cache.connection_waits", "pubsub.publish_rate",
         "activity.default_partition_rows", "host.cpu", "host.memory",
     }  # fmt: skip
     assert required <= {item.key for item in report.signals}
@@ -300,5 +300,5 @@ async def test_sampling_job_records_every_signal_and_pruning_drops_old_samples(
         await prune.handler()
     keys = await db_conn.fetch("SELECT key, status FROM signal_samples")
     assert "old" not in {row["key"] for row in keys}
-    assert len(keys) == 26
+    assert len(keys) == 27
     assert fired == sum(1 for row in keys if row["status"] in ("warn", "critical"))

@@ -14,6 +14,7 @@ import pytest
 from fastapi import FastAPI, HTTPException
 
 from app.cache import Cache, create_backend
+from app.cache.postgres import PostgresCacheBackend
 from app.config import Settings
 from app.main import create_app
 from app.services import open_services
@@ -160,6 +161,41 @@ async def test_hot_key_and_misses_fire_cache_signals_with_redis_recommended(
     assert "CACHE_BACKEND=redis" in hot.recommendation
     assert hot.details == ["tasks:hot: 150 reads/min"]
     assert signal_of(report, "cache.hit_ratio").status == "critical"  # every read missed
+
+
+async def test_reads_waiting_for_a_busy_cache_connection_fire_their_signal(
+    make_settings: Callable[..., Settings],
+) -> None:
+    # One cache connection: holding it makes every read that reaches the backend wait.
+    settings = make_settings(signal_min_requests=20, cache_backend="postgres", cache_pool_size=1)
+    async with open_services(settings) as services:
+        backend = create_backend(settings, services.db, None)
+        cache = Cache(settings, backend, services.notifier)
+        await cache.start()
+        reporter = ProcessReporter(services.db, cache, settings)
+        await reporter.start()
+        try:
+            for n in range(20):  # a free connection each time: no wait
+                await cache.get(f"tasks:calm{n}")
+            await reporter.report()
+            calm = signal_of(await measure(services.db, settings), "cache.connection_waits")
+
+            assert isinstance(backend, PostgresCacheBackend)
+            async with backend.pool.acquire():
+                readers = [asyncio.create_task(cache.get(f"tasks:busy{n}")) for n in range(30)]
+                await asyncio.sleep(0.05)
+            await asyncio.gather(*readers)
+            await reporter.report()
+            busy = signal_of(await measure(services.db, settings), "cache.connection_waits")
+        finally:
+            await reporter.stop()
+            await cache.stop()
+    assert (calm.status, calm.value) == ("ok", 0.0)
+    # 30 of the window's 50 backend reads waited.
+    assert (busy.status, busy.value) == ("critical", 0.6)
+    assert "CACHE_POOL_SIZE" in busy.recommendation
+    assert "CACHE_BACKEND=redis" in busy.recommendation
+    assert busy.details == ["30 of 50 backend reads waited"]
 
 
 async def test_flag_is_recommended_only_after_the_signal_held(

@@ -110,6 +110,14 @@ class SignalSettings(BaseModel):
     signal_cache_hit_ratio_critical: float = Field(
         0.5, description="App cache hit ratio, critical (pgfirst's choice)."
     )
+    signal_cache_wait_share: float = Field(
+        0.1,
+        description="Share of backend cache reads that found every cache connection busy "
+        "(pgfirst's choice).",
+    )
+    signal_cache_wait_critical_share: float = Field(
+        0.5, description="Share of backend cache reads that waited, critical (pgfirst's choice)."
+    )
     signal_table_rows: int = Field(100_000_000, description="Rows before partitioning pays.")
     signal_table_rows_critical: int = Field(
         1_000_000_000, description="Rows in one table, critical (pgfirst's choice)."

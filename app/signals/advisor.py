@@ -35,7 +35,7 @@ FLAG_TARGETS = {
     "JOBS_INLINE_WORKER": "false",
 }
 FLAG_SIGNALS = {
-    "CACHE_BACKEND": ["cache.hot_keys", "db.slow_queries"],
+    "CACHE_BACKEND": ["cache.hot_keys", "cache.connection_waits", "db.slow_queries"],
     "PUBSUB_BACKEND": ["pubsub.publish_rate", "db.notify_queue_usage"],
     "DB_POOL_MODE": ["db.connections", "db.pool_wait"],
     "DATABASE_REPLICA_URLS": ["db.read_share"],
@@ -45,6 +45,7 @@ STAGE_SIGNALS = {
     4: ["db.connections", "db.read_share", "db.largest_tables", "db.replica_lag"],
     3: [
         "cache.hot_keys",
+        "cache.connection_waits",
         "jobs.queue_depth",
         "jobs.oldest_wait_seconds",
         "db.slow_queries",

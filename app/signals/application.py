@@ -26,6 +26,7 @@ def application_signals(c: Combined, s: Settings) -> list[Signal]:
     hits = c.cache.get("hit", 0.0) + c.cache.get("l1_hit", 0.0)
     hottest = c.hot_keys[0] if c.hot_keys else ("", 0.0)
     l1_share = c.cache.get("l1_hit", 0.0) / reads if reads else 0.0
+    backend_reads = reads - c.cache.get("l1_hit", 0.0)
     latency = (
         "requests are slow: find the slowest routes in /metrics "
         "(http_request_duration_seconds), index their queries, cache their reads"
@@ -53,6 +54,7 @@ def application_signals(c: Combined, s: Settings) -> list[Signal]:
         )
     return [
         hot,
+        _cache_wait_signal(c.cache_waits, backend_reads, window, s),
         signal(
             "http.latency_p50",
             _ms(p50) if graded else None,
@@ -151,6 +153,34 @@ def application_signals(c: Combined, s: Settings) -> list[Signal]:
     ]
 
 
+def _cache_wait_signal(waits: float, backend_reads: float, window: float, s: Settings) -> Signal:
+    """Share of the reads that reached the backend and found its connections all busy.
+
+    Such reads wait in batches (app/cache/coalesce.py): a short wait each, but a share that
+    stays high means the cache's CACHE_POOL_SIZE connections are what requests queue on.
+    """
+    value: float | None = None
+    unknown = f"fewer than {s.signal_min_requests} backend cache reads in the window"
+    if s.cache_backend == "redis":
+        unknown = "the Redis backend's reads queue in redis-py's pool, which is not counted"
+    elif backend_reads >= s.signal_min_requests:
+        value = round(min(waits / backend_reads, 1.0), 4)
+    return signal(
+        "cache.connection_waits",
+        value,
+        "ratio",
+        s.signal_cache_wait_share,
+        s.signal_cache_wait_critical_share,
+        window,
+        fired="cache reads wait for a cache connection: raise CACHE_POOL_SIZE if the database "
+        "has connections to spare, else serve the cache from Redis (CACHE_BACKEND=redis)",
+        ok="a cache connection is free when a read needs one",
+        flag="CACHE_BACKEND",
+        unknown=unknown,
+        details=[f"{waits:.0f} of {backend_reads:.0f} backend reads waited"],
+    )
+
+
 def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 3)
 
@@ -172,6 +202,12 @@ def _thresholds(s: Settings) -> list[tuple[str, str, float, float]]:
             "ratio",
             s.signal_cache_hit_ratio_warn,
             s.signal_cache_hit_ratio_critical,
+        ),
+        (
+            "cache.connection_waits",
+            "ratio",
+            s.signal_cache_wait_share,
+            s.signal_cache_wait_critical_share,
         ),
         (
             "cache.hot_keys",

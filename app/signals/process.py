@@ -1,13 +1,13 @@
 """What only a running process can measure, written where every other process can read it.
 
 HTTP latencies and statuses (the Prometheus registry of app/observability/metrics.py),
-pool waits, cache reads and hot keys (app/cache/accounting.py) and host CPU and memory
+pool waits, cache reads, waits and hot keys (app/cache/) and host CPU and memory
 live in each process's memory. ``app signals`` runs in a process of its own and the
 sampling job in a worker, so neither could see them. Each web process therefore runs a
 ``ProcessReporter``: every SIGNAL_REPORT_SECONDS it snapshots its cumulative counters,
 keeps the snapshots of the last SIGNAL_WINDOW_SECONDS, and upserts the difference between
-the newest and the oldest (histogram buckets, request and error counts, cache reads, CPU
-time) into its row of ``signal_process_reports``. The advisor adds up the rows of every
+the newest and the oldest (histogram buckets, request and error counts, cache reads and
+waits, CPU time) into its row of ``signal_process_reports``. The advisor adds up the rows of every
 process that reported within three intervals (``combine``): bucket counts add, so the
 cluster-wide p99 is computed from the summed histogram, not averaged from each process's.
 
@@ -67,6 +67,7 @@ class Snapshot:
     errors: float
     pool: Buckets
     cache: dict[str, float]
+    cache_waits: float  # reads that found every cache connection busy (batched keys)
     cpu: tuple[float, float] | None  # (busy, total) clock ticks of the host
 
 
@@ -146,11 +147,14 @@ class ProcessReporter:
                 if sample.name.endswith("_bucket"):
                     pool[sample.labels["le"]] = sample.value
         cache: dict[str, float] = {}
+        cache_waits = 0.0
         if self.cache is not None:
             for (_, outcome), count in dict(self.cache.reads).items():
                 cache[outcome] = cache.get(outcome, 0.0) + count
+            if self.cache.backend is not None:
+                cache_waits = float(self.cache.backend.read_batches()[1])
         cpu = await asyncio.to_thread(_cpu_ticks)
-        return Snapshot(time.monotonic(), http, requests, errors, pool, cache, cpu)
+        return Snapshot(time.monotonic(), http, requests, errors, pool, cache, cache_waits, cpu)
 
 
 def _difference(old: Snapshot, new: Snapshot) -> dict[str, Any]:
@@ -169,6 +173,7 @@ def _difference(old: Snapshot, new: Snapshot) -> dict[str, Any]:
         },
         "pool": {"buckets": delta(old.pool, new.pool)},
         "cache": {k: v - old.cache.get(k, 0.0) for k, v in new.cache.items()},
+        "cache_waits": new.cache_waits - old.cache_waits,
         "host": {"cpu_percent": cpu},
     }
 
@@ -212,6 +217,7 @@ class Combined:
     pool_in_use: float
     pool_max: float
     cache: dict[str, float]
+    cache_waits: float
     hot_keys: list[tuple[str, float]]
     cpu_percent: float | None
     memory_percent: float | None
@@ -262,6 +268,8 @@ def combine(reports: list[dict[str, Any]]) -> Combined:
         pool_in_use=sum(r["pool"].get("in_use", 0) for r in reports),
         pool_max=sum(r["pool"].get("max", 0) for r in reports),
         cache=cache,
+        # .get: a process still running the previous release reports no waits.
+        cache_waits=sum(r.get("cache_waits", 0.0) for r in reports),
         hot_keys=sorted(keys.items(), key=lambda item: item[1], reverse=True)[:10],
         cpu_percent=max(cpu) if cpu else None,
         memory_percent=max(memory) if memory else None,
