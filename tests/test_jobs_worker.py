@@ -15,6 +15,8 @@ from app.current import ServicesNotOpen
 from app.db import Database
 from app.jobs import enqueue, enqueue_many, run_worker
 from app.jobs.housekeeping import prune_jobs
+from app.jobs.metrics import JOB_METRICS
+from app.jobs.router import THROUGHPUT
 from app.services import Services
 from tests.helpers import eventually
 from tests.jobs_helpers import JOB_SETTINGS, drain, job_row, job_services, runs, worker_for
@@ -159,6 +161,13 @@ async def test_pruning_deletes_finished_jobs_past_the_retention_only(
             await _insert_job(db, "dead", 1),
             await _insert_job(db, "available", None),  # waiting for 20 hours: not finished
         }
+        async with db.acquire() as conn:
+            await conn.execute(
+                "DELETE FROM job_successes;"
+                "INSERT INTO job_successes (counted_at, worker, succeeded) VALUES"
+                " (now() - interval '61 minutes', 'old', 5),"
+                " (now() - interval '59 minutes', 'kept', 7)"
+            )
         if batch == 10_000:  # the periodic job as registered, with JOBS_RETENTION_HOURS
             kind = services.jobs.registry.get("pgfirst.prune_jobs")
             assert kind is not None
@@ -167,6 +176,44 @@ async def test_pruning_deletes_finished_jobs_past_the_retention_only(
             deleted = await prune_jobs(db, 10 * 3600, batch=batch)
         assert deleted == len(old)
         assert await _job_ids(db) == kept
+        async with db.acquire() as conn:  # success counts are kept for an hour
+            assert await conn.fetchval("SELECT array_agg(worker) FROM job_successes") == ["kept"]
+
+
+@pytest.mark.parametrize("keep", [False, True])
+async def test_successes_are_counted_once_for_the_ops_report_whether_kept_or_not(
+    make_settings: Callable[..., Settings], keep: bool
+) -> None:
+    settings = make_settings(**JOB_SETTINGS, jobs_keep_succeeded=keep)
+    async with job_services(settings) as services:
+        db = services.db
+        async with db.acquire() as conn:
+            await conn.execute("DELETE FROM jobs; DELETE FROM job_successes")
+        await _insert_job(db, "dead", 0)  # a failure of just now counts as finished too
+        # The worker also runs the periodic jobs that fall due: its own success counter
+        # (the one behind jobs_finished_total) says how many it ran in all.
+        before = JOB_METRICS.succeeded
+        worker = worker_for(services, settings)
+        running = asyncio.create_task(worker.run())
+        try:
+            await enqueue_many("test.record", [{"value": n} for n in range(30)])
+            # Counted while the worker runs, not only when it stops.
+            await eventually(lambda: _counted(db), lambda n: n >= 30, within=5)
+        finally:
+            worker.stop()
+            await running
+        async with db.acquire() as conn:
+            finished = await conn.fetchval(THROUGHPUT)
+            writers = await conn.fetch("SELECT DISTINCT worker FROM job_successes")
+        counted = await _counted(db)
+    assert counted == JOB_METRICS.succeeded - before
+    assert finished == counted + 1
+    assert [row["worker"] for row in writers] == [worker.id]
+
+
+async def _counted(db: Database) -> int:
+    async with db.acquire() as conn:
+        return int(await conn.fetchval("SELECT coalesce(sum(succeeded), 0) FROM job_successes"))
 
 
 async def test_run_worker_runs_the_jobs_of_the_open_services(job_settings: Settings) -> None:

@@ -10,7 +10,8 @@ claim in one round trip instead of a pooled transaction's BEGIN, SET LOCAL, Pars
 and COMMIT (docs/benchmarks.md: ~30 % more jobs/s). Without a direct URL, where sessions
 keep no settings, each claim is a pooled transaction with ``SET LOCAL`` instead.
 Completions and failures are pooled transactions with the same settings. A success is
-deleted, or kept as ``succeeded`` with JOBS_KEEP_SUCCEEDED. Why: ``sql.py`` and docs/jobs.md.
+deleted, or kept as ``succeeded`` with JOBS_KEEP_SUCCEEDED; either way the worker adds its
+count to ``job_successes`` about once a second. Why: ``sql.py`` and docs/jobs.md.
 """
 
 from __future__ import annotations
@@ -85,6 +86,11 @@ class Bookkeeper:
         async with self.db.acquire() as conn, self.transaction(conn):
             await conn.execute(sql.RELEASE, ids, self.worker_id)
             await conn.execute(sql.WAKE, WAKE_CHANNEL, "released")
+
+    async def count_successes(self, succeeded: int) -> None:
+        """Add ``succeeded`` recorded successes to job_successes (/ops/jobs reads them)."""
+        async with self.db.acquire() as conn, self.transaction(conn):
+            await conn.execute(sql.COUNT_SUCCESSES, self.worker_id, succeeded)
 
     @asynccontextmanager
     async def transaction(self, conn: Connection) -> AsyncIterator[None]:

@@ -5,6 +5,7 @@ JOBS_RETENTION_HOURS for inspection, then go in batches of 10,000, each its own 
 statement so no long transaction holds back vacuum. A periodic job rather than a step of
 the maintenance leader: it can run long on a big backlog, and a job slot has a timeout and
 retries while the leader's rounds must stay short to renew its lease (``maintenance.py``).
+The same job drops the per-second success counts (``job_successes``) older than an hour.
 """
 
 from __future__ import annotations
@@ -24,8 +25,18 @@ WHERE id = ANY(ARRAY(
 """
 
 
+# job_successes feeds /ops/jobs' last minute; an hour of it is plenty (history of
+# throughput is jobs_finished_total in /metrics).
+PRUNE_SUCCESS_COUNTS = "DELETE FROM job_successes WHERE counted_at < now() - interval '1 hour'"
+
+
 async def prune_jobs(db: Database, older_than_seconds: float, batch: int = 10_000) -> int:
-    """Delete finished jobs older than the retention, a batch at a time; returns the count."""
+    """Delete finished jobs older than the retention, a batch at a time; returns the count.
+
+    Success counts older than an hour go too (at most one row per worker a second).
+    """
+    async with db.acquire() as conn:
+        await conn.execute(PRUNE_SUCCESS_COUNTS)
     deleted = 0
     while True:
         async with db.acquire() as conn:

@@ -19,10 +19,14 @@ OLDEST = """
 SELECT queue, extract(epoch FROM now() - min(run_at)) AS age
 FROM jobs WHERE state = 'available' AND run_at <= now() GROUP BY queue
 """
-# Rows the table keeps: failures, and successes only with JOBS_KEEP_SUCCEEDED (otherwise
-# they are deleted when recorded; their throughput is jobs_finished_total).
+# Failures (dead, cancelled) are rows of jobs; successes are counted in job_successes by
+# their workers, about once a second (the rows themselves are deleted unless
+# JOBS_KEEP_SUCCEEDED, and then not counted twice). Both read by their time index.
 THROUGHPUT = """
-SELECT count(*) FROM jobs WHERE finished_at > now() - interval '1 minute'
+SELECT (SELECT count(*) FROM jobs
+        WHERE finished_at > now() - interval '1 minute' AND state <> 'succeeded')
+     + (SELECT coalesce(sum(succeeded), 0) FROM job_successes
+        WHERE counted_at > now() - interval '1 minute')
 """
 DEAD = """
 SELECT id, queue, name, attempt, finished_at, errors -> -1 ->> 'error' AS last_error

@@ -118,6 +118,13 @@ SET state = 'available', run_at = now(), attempt = greatest(attempt - 1, 0),
 WHERE id = ANY($1::bigint[]) AND locked_by = $2 AND locked_until IS NOT NULL
 """
 WAKE = "SELECT pg_notify($1, $2)"
+# A worker's successes since its last count (job_successes, migration 0015). Two counts in
+# one transaction's now() would collide on the primary key: they add up instead.
+COUNT_SUCCESSES = """
+INSERT INTO job_successes (worker, succeeded) VALUES ($1, $2)
+ON CONFLICT (counted_at, worker)
+DO UPDATE SET succeeded = job_successes.succeeded + excluded.succeeded
+"""
 
 # --- the maintenance leader ----------------------------------------------------------------
 

@@ -16,7 +16,8 @@ and why it is shaped so in ``sql.py``.
 
 Beside the claim loop run two tasks the worker owns: its upkeep (every lease/3 seconds it
 extends the leases of its own running jobs — a job cancelled meanwhile is not extended and
-its slot is interrupted — and records pending successes), and its ``Maintenance``, which
+its slot is interrupted — and, every second while it works, records pending successes and
+adds their count to ``job_successes``), and its ``Maintenance``, which
 competes for the leader lease and, while leading, rescues expired leases, samples queue
 depth and schedules periodic jobs (``maintenance.py``). Both log every failure and go on.
 
@@ -83,6 +84,7 @@ class Worker:
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not crypto
         self._wake = asyncio.Event()
         self.claim_seconds = 0.0  # a moving average of a claim's round trip
+        self.uncounted = 0  # successes recorded in jobs but not yet in job_successes
         self.runner = JobRunner(
             self.registry,
             settings,
@@ -216,6 +218,7 @@ class Worker:
             runner.succeeded[:0] = done  # recorded by the next try (a repeat is a no-op)
             raise
         self.claim_seconds += 0.2 * (perf_counter() - started - self.claim_seconds)
+        self.uncounted += len(done)
         # Handed over as rows: the slots make jobs of them while the next claim is out.
         runner.add(rows)
         return len(rows)
@@ -247,20 +250,36 @@ class Worker:
         except BaseException:
             runner.succeeded[:0] = done
             raise
+        self.uncounted += len(done)
+
+    async def _count_successes(self) -> None:
+        counted = self.uncounted
+        if counted:
+            await self.bookkeeper.count_successes(counted)
+            self.uncounted -= counted  # successes recorded meanwhile stay for the next count
 
     # --- upkeep of this worker's own jobs ------------------------------------------------
 
     async def _upkeep_loop(self) -> None:
         period = self.settings.jobs_lease_seconds / 3
+        tick = min(period, 1.0)
+        heartbeat_due = 0.0
         while True:
-            await asyncio.sleep(min(period, 1.0) if self.runner.succeeded else period)
+            await asyncio.sleep(tick)  # a turn costs nothing when there is nothing to write
+            # Whatever goes wrong, keep going, and keep the steps apart: a dead upkeep loop
+            # or a failing count would stop heartbeats, and the leader would then rescue
+            # jobs that are running fine here.
+            if perf_counter() >= heartbeat_due:
+                try:
+                    await self._heartbeat()
+                    heartbeat_due = perf_counter() + period - tick / 2
+                except Exception:
+                    log.exception("jobs: heartbeat failed; trying again in %.1fs", tick)
             try:
                 await self._flush()
-                await self._heartbeat()
+                await self._count_successes()
             except Exception:
-                # Whatever went wrong, keep going: a dead upkeep loop stops heartbeats, and
-                # the leader would then rescue jobs that are running fine here.
-                log.exception("jobs: upkeep failed; trying again in %.1fs", period)
+                log.exception("jobs: recording successes failed; trying again in %.1fs", tick)
 
     async def _heartbeat(self) -> None:
         ids = [*self.runner.running_ids(), *self.runner.waiting_ids()]
@@ -300,6 +319,7 @@ class Worker:
         leftover = await self.runner.stop(self.settings.jobs_shutdown_grace)
         try:
             await self._flush()
+            await self._count_successes()
             if leftover:
                 await self.bookkeeper.release(leftover)
                 log.info("released %d unfinished jobs", len(leftover))
