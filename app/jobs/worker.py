@@ -319,10 +319,13 @@ class Worker:
         leftover = await self.runner.stop(self.settings.jobs_shutdown_grace)
         try:
             await self._flush()
-            await self._count_successes()
             if leftover:
                 await self.bookkeeper.release(leftover)
                 log.info("released %d unfinished jobs", len(leftover))
+            try:
+                await self._count_successes()
+            except Exception:  # a statistic: never worth failing a shutdown for
+                log.warning("jobs: the last success count was not written", exc_info=True)
         finally:
             await self.bookkeeper.close()
             for unlisten in self._unlisten:
