@@ -109,7 +109,7 @@ async def test_a_claim_walks_the_claim_index_even_before_analyze(
     # connection; pgbouncer: a pooled connection in a transaction.
     await enqueue_many("test.record", [{"value": n} for n in range(5000)])
     worker = worker_for(services, make_settings(**JOB_SETTINGS, db_pool_mode=pool_mode))
-    explain = ("EXPLAIN " + CLAIM, ["default"], 100, 30.0, "w", [])
+    explain = ("EXPLAIN " + CLAIM, ["default"], 100, 30.0, "w", [], 0)
     if pool_mode == "direct":
         claimer = await worker.bookkeeper.claim_connection()
         rows = await claimer.fetch(*explain)
@@ -140,8 +140,8 @@ async def test_a_claim_planned_on_an_empty_table_still_reads_by_index(
     await enqueue_many("test.record", [{"value": n} for n in range(5000)])
     worker = worker_for(services, make_settings(**JOB_SETTINGS, db_pool_mode=pool_mode))
     prepare = (
-        "PREPARE claim_probe(text[], int, float8, text, bigint[]) AS " + claim,
-        "EXPLAIN EXECUTE claim_probe('{default}', 100, 30, 'w', '{1,2,3}')",
+        "PREPARE claim_probe(text[], int, float8, text, bigint[], int) AS " + claim,
+        "EXPLAIN EXECUTE claim_probe('{default}', 100, 30, 'w', '{1,2,3}', 3)",
     )
     if pool_mode == "direct":
         claimer = await worker.bookkeeper.claim_connection()
@@ -195,7 +195,10 @@ async def test_a_success_is_deleted_when_recorded_unless_successes_are_kept(
     keeper = worker.bookkeeper
     first, second, third = [row["id"] for row in await keeper.claim(["default"], 3, [])]
     assert await keeper.claim(["default"], 3, [first]) == []  # the claim records `first`
-    await keeper.complete([second])
+    # Counts go to job_successes as handed over, with or without successes to record.
+    await keeper.complete([second], count=2)
+    await keeper.claim(["default"], 3, [], count=5)
+    await keeper.complete([], count=0)
     await keeper.close()
     async with db.acquire() as conn:
         rows = await conn.fetch(
@@ -203,6 +206,13 @@ async def test_a_success_is_deleted_when_recorded_unless_successes_are_kept(
             " WHERE id = ANY($1::bigint[]) ORDER BY id",
             [first, second, third],
         )
+        counts = await conn.fetch(
+            "SELECT succeeded FROM job_successes WHERE worker = $1 ORDER BY counted_at",
+            worker.id,
+        )
+    # Two statements in the same second add up in one row; seconds apart, two rows.
+    assert sum(row["succeeded"] for row in counts) == 7
+    assert len(counts) in (1, 2)
     left = {row["id"]: (row["state"], row["finished"], row["locked_by"]) for row in rows}
     still_running = ("running", False, worker.id)
     if keep:

@@ -10,8 +10,8 @@ claim in one round trip instead of a pooled transaction's BEGIN, SET LOCAL, Pars
 and COMMIT (docs/benchmarks.md: ~30 % more jobs/s). Without a direct URL, where sessions
 keep no settings, each claim is a pooled transaction with ``SET LOCAL`` instead.
 Completions and failures are pooled transactions with the same settings. A success is
-deleted, or kept as ``succeeded`` with JOBS_KEEP_SUCCEEDED; either way the worker adds its
-count to ``job_successes`` about once a second. Why: ``sql.py`` and docs/jobs.md.
+deleted, or kept as ``succeeded`` with JOBS_KEEP_SUCCEEDED, and counted in ``job_successes``
+by a later claim or completion. Why: ``sql.py`` and docs/jobs.md.
 """
 
 from __future__ import annotations
@@ -48,9 +48,12 @@ class Bookkeeper:
         self._claim_sql = sql.CLAIM_KEEPING if keep else sql.CLAIM
         self._complete_sql = sql.COMPLETE_KEEPING if keep else sql.COMPLETE
 
-    async def claim(self, queues: list[str], limit: int, done: list[int]) -> list[Record]:
-        """Record the successes ``done`` and lease up to ``limit`` jobs, in one statement."""
-        args = (queues, limit, self.settings.jobs_lease_seconds, self.worker_id, done)
+    async def claim(
+        self, queues: list[str], limit: int, done: list[int], count: int = 0
+    ) -> list[Record]:
+        """Record the successes ``done``, add ``count`` recorded successes to job_successes
+        and lease up to ``limit`` jobs, in one statement."""
+        args = (queues, limit, self.settings.jobs_lease_seconds, self.worker_id, done, count)
         if self.db.direct_url is None:  # behind PgBouncer without DATABASE_DIRECT_URL
             async with self.db.acquire() as conn, self.transaction(conn):
                 return await conn.fetch(self._claim_sql, *args)
@@ -61,9 +64,10 @@ class Bookkeeper:
             await self.close()  # the next claim connects again
             raise
 
-    async def complete(self, ids: list[int]) -> None:
+    async def complete(self, ids: list[int], count: int = 0) -> None:
+        """Record the successes ``ids`` and add ``count`` to job_successes."""
         async with self.db.acquire() as conn, self.transaction(conn):
-            await conn.execute(self._complete_sql, ids, self.worker_id)
+            await conn.execute(self._complete_sql, ids, self.worker_id, count)
 
     async def fail(self, job_id: int, delay: float, error: str, trace: str) -> str | None:
         """Record a failed attempt; the job's new state (available or dead), None if not ours."""
@@ -86,11 +90,6 @@ class Bookkeeper:
         async with self.db.acquire() as conn, self.transaction(conn):
             await conn.execute(sql.RELEASE, ids, self.worker_id)
             await conn.execute(sql.WAKE, WAKE_CHANNEL, "released")
-
-    async def count_successes(self, succeeded: int) -> None:
-        """Add ``succeeded`` recorded successes to job_successes (/ops/jobs reads them)."""
-        async with self.db.acquire() as conn, self.transaction(conn):
-            await conn.execute(sql.COUNT_SUCCESSES, self.worker_id, succeeded)
 
     @asynccontextmanager
     async def transaction(self, conn: Connection) -> AsyncIterator[None]:

@@ -24,6 +24,18 @@ WHERE id = ANY(ARRAY(
 RETURNING id, name, args, attempt, max_attempts, request_id, priority, run_at,
           extract(epoch FROM now() - run_at) AS waited
 """
+# Successes are counted per worker and second in job_successes (migration 0015), so
+# /ops/jobs can say how many finished although their rows are gone. The worker tallies
+# the successes it recorded and hands the tally ({count}) to a statement it sends anyway: a
+# claim at most once a second, and every completion (those run when the worker is idle).
+# Most claims carry 0 and the insert is skipped; counting every claim instead (an upsert
+# per claim) cost 5-7 % of a quick-jobs worker's throughput (docs/benchmarks.md).
+_COUNT = """
+INSERT INTO job_successes (counted_at, worker, succeeded)
+SELECT date_trunc('second', now()), {worker}, {count}::int WHERE {count}::int > 0
+ON CONFLICT (counted_at, worker)
+DO UPDATE SET succeeded = job_successes.succeeded + excluded.succeeded
+"""
 # Succeeded jobs are deleted (the default) or kept as 'succeeded' until the retention
 # (JOBS_KEEP_SUCCEEDED). Keeping one writes a second row version with its primary-key and
 # jobs_finished entries; a delete only marks the row: a worker drains ~24 % more no-op
@@ -33,7 +45,9 @@ CLAIM = (
 WITH finished AS (
     DELETE FROM jobs
     WHERE id = ANY($5::bigint[]) AND locked_by = $4 AND locked_until IS NOT NULL
-)"""
+), counted AS ("""
+    + _COUNT.format(worker="$4", count="$6")
+    + ")"
     + _LEASE
 )
 CLAIM_KEEPING = (
@@ -42,12 +56,16 @@ WITH finished AS (
     UPDATE jobs
     SET state = 'succeeded', finished_at = now(), locked_until = NULL, locked_by = NULL
     WHERE id = ANY($5::bigint[]) AND locked_by = $4 AND locked_until IS NOT NULL
-)"""
+), counted AS ("""
+    + _COUNT.format(worker="$4", count="$6")
+    + ")"
     + _LEASE
 )
-# The claim also records the successes since the last one (`finished`, $5): one statement
-# and one commit per batch for both ends. A data-modifying CTE runs to completion even
-# though nothing reads it; its rows (running) and the claimed ones (available) never meet.
+# The claim also records the successes since the last one (`finished`, $5) and, at most
+# once a second, counts the recorded ones (`counted`, $6): one statement and one commit per
+# batch for both ends. Data-modifying CTEs run to completion even when the main statement
+# does not read them; the recorded rows (running) and the claimed ones (available) never
+# meet.
 # `id = ANY(ARRAY(subquery))` rather than a join to a CTE: the planner then fetches the
 # claimed rows by primary key instead of hashing a scan of the whole table (a join's row
 # estimate for a LIMIT-ed CTE is poor, and the scan grows with the table). RETURNING comes
@@ -83,14 +101,16 @@ CLAIMER_FAST = CLAIMER_DURABLE + "; SET synchronous_commit = off"
 # lets the planner AND the primary-key lookup with a scan of the whole lease index, which
 # still holds an entry for every job finished since the last vacuum.
 COMPLETE = """
-DELETE FROM jobs
-WHERE id = ANY($1::bigint[]) AND locked_by = $2 AND locked_until IS NOT NULL
-"""
+WITH finished AS (
+    DELETE FROM jobs
+    WHERE id = ANY($1::bigint[]) AND locked_by = $2 AND locked_until IS NOT NULL
+)""" + _COUNT.format(worker="$2", count="$3")
 COMPLETE_KEEPING = """
-UPDATE jobs
-SET state = 'succeeded', finished_at = now(), locked_until = NULL, locked_by = NULL
-WHERE id = ANY($1::bigint[]) AND locked_by = $2 AND locked_until IS NOT NULL
-"""
+WITH finished AS (
+    UPDATE jobs
+    SET state = 'succeeded', finished_at = now(), locked_until = NULL, locked_by = NULL
+    WHERE id = ANY($1::bigint[]) AND locked_by = $2 AND locked_until IS NOT NULL
+)""" + _COUNT.format(worker="$2", count="$3")
 # $3 is the backoff the worker computed (jittered); the failure's `at` and the new run_at
 # share the statement's now(), so run_at - at is exactly that delay.
 FAIL = """
@@ -118,13 +138,6 @@ SET state = 'available', run_at = now(), attempt = greatest(attempt - 1, 0),
 WHERE id = ANY($1::bigint[]) AND locked_by = $2 AND locked_until IS NOT NULL
 """
 WAKE = "SELECT pg_notify($1, $2)"
-# A worker's successes since its last count (job_successes, migration 0015). Two counts in
-# one transaction's now() would collide on the primary key: they add up instead.
-COUNT_SUCCESSES = """
-INSERT INTO job_successes (worker, succeeded) VALUES ($1, $2)
-ON CONFLICT (counted_at, worker)
-DO UPDATE SET succeeded = job_successes.succeeded + excluded.succeeded
-"""
 
 # --- the maintenance leader ----------------------------------------------------------------
 

@@ -16,8 +16,8 @@ and why it is shaped so in ``sql.py``.
 
 Beside the claim loop run two tasks the worker owns: its upkeep (every lease/3 seconds it
 extends the leases of its own running jobs — a job cancelled meanwhile is not extended and
-its slot is interrupted — and, every second while it works, records pending successes and
-adds their count to ``job_successes``), and its ``Maintenance``, which
+its slot is interrupted — and, every second while there are any, records pending successes
+and counts them in ``job_successes``), and its ``Maintenance``, which
 competes for the leader lease and, while leading, rescues expired leases, samples queue
 depth and schedules periodic jobs (``maintenance.py``). Both log every failure and go on.
 
@@ -84,7 +84,8 @@ class Worker:
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not crypto
         self._wake = asyncio.Event()
         self.claim_seconds = 0.0  # a moving average of a claim's round trip
-        self.uncounted = 0  # successes recorded in jobs but not yet in job_successes
+        self.uncounted = 0  # successes recorded but not yet added to job_successes
+        self._counted_at = 0.0
         self.runner = JobRunner(
             self.registry,
             settings,
@@ -212,13 +213,16 @@ class Worker:
         runner = self.runner
         done, runner.succeeded = runner.succeeded, []
         started = perf_counter()
+        # The tally rides on a claim at most once a second (sql.py: _COUNT).
+        carried, count = self._take_tally(done, due=started - self._counted_at >= 1.0)
         try:
-            rows = await self.bookkeeper.claim(self.queues, limit, done)
+            rows = await self.bookkeeper.claim(self.queues, limit, done, count)
         except BaseException:
             runner.succeeded[:0] = done  # recorded by the next try (a repeat is a no-op)
+            self.uncounted += carried
             raise
+        self._tallied(done, count)
         self.claim_seconds += 0.2 * (perf_counter() - started - self.claim_seconds)
-        self.uncounted += len(done)
         # Handed over as rows: the slots make jobs of them while the next claim is out.
         runner.add(rows)
         return len(rows)
@@ -240,46 +244,51 @@ class Worker:
         log.warning("job %s %s failed (attempt %d): %s", job.name, job.id, job.attempt, error)
 
     async def _flush(self) -> None:
-        """Record every success since the last flush in one statement."""
+        """Record every success since the last flush, and count every one not yet counted,
+        in one statement."""
         runner = self.runner
-        if not runner.succeeded:
+        if not runner.succeeded and not self.uncounted:
             return
         done, runner.succeeded = runner.succeeded, []
+        carried, count = self._take_tally(done, due=True)
         try:
-            await self.bookkeeper.complete(done)
+            await self.bookkeeper.complete(done, count)
         except BaseException:
             runner.succeeded[:0] = done
+            self.uncounted += carried
             raise
-        self.uncounted += len(done)
+        self._tallied(done, count)
 
-    async def _count_successes(self) -> None:
-        counted = self.uncounted
-        if counted:
-            await self.bookkeeper.count_successes(counted)
-            self.uncounted -= counted  # successes recorded meanwhile stay for the next count
+    def _take_tally(self, done: list[int], *, due: bool) -> tuple[int, int]:
+        """What a statement recording ``done`` counts: (the earlier successes it carries,
+        its whole count). The carried ones leave the tally before the statement is sent,
+        so that a claim and a flush in flight at once never count the same success."""
+        if not due:
+            return 0, 0
+        carried, self.uncounted = self.uncounted, 0
+        return carried, carried + len(done)
+
+    def _tallied(self, done: list[int], count: int) -> None:
+        """The statement recorded ``done`` and counted ``count`` (0: ``done`` wait)."""
+        if count:
+            self._counted_at = perf_counter()
+        else:
+            self.uncounted += len(done)
 
     # --- upkeep of this worker's own jobs ------------------------------------------------
 
     async def _upkeep_loop(self) -> None:
         period = self.settings.jobs_lease_seconds / 3
-        tick = min(period, 1.0)
-        heartbeat_due = 0.0
         while True:
-            await asyncio.sleep(tick)  # a turn costs nothing when there is nothing to write
-            # Whatever goes wrong, keep going, and keep the steps apart: a dead upkeep loop
-            # or a failing count would stop heartbeats, and the leader would then rescue
-            # jobs that are running fine here.
-            if perf_counter() >= heartbeat_due:
-                try:
-                    await self._heartbeat()
-                    heartbeat_due = perf_counter() + period - tick / 2
-                except Exception:
-                    log.exception("jobs: heartbeat failed; trying again in %.1fs", tick)
+            pending = self.runner.succeeded or self.uncounted
+            await asyncio.sleep(min(period, 1.0) if pending else period)
             try:
                 await self._flush()
-                await self._count_successes()
+                await self._heartbeat()
             except Exception:
-                log.exception("jobs: recording successes failed; trying again in %.1fs", tick)
+                # Whatever went wrong, keep going: a dead upkeep loop stops heartbeats, and
+                # the leader would then rescue jobs that are running fine here.
+                log.exception("jobs: upkeep failed; trying again in %.1fs", period)
 
     async def _heartbeat(self) -> None:
         ids = [*self.runner.running_ids(), *self.runner.waiting_ids()]
@@ -322,10 +331,6 @@ class Worker:
             if leftover:
                 await self.bookkeeper.release(leftover)
                 log.info("released %d unfinished jobs", len(leftover))
-            try:
-                await self._count_successes()
-            except Exception:  # a statistic: never worth failing a shutdown for
-                log.warning("jobs: the last success count was not written", exc_info=True)
         finally:
             await self.bookkeeper.close()
             for unlisten in self._unlisten:

@@ -1,16 +1,15 @@
 """job_successes: how many jobs each worker finished successfully, and when.
 
 A success is deleted from ``jobs`` when the worker records it (JOBS_KEEP_SUCCEEDED off,
-the default), so the table no longer says how many jobs finished. Each worker keeps a count
-in memory and writes it here at most once a second while it has successes to report: one
-row per worker per second of work, whatever the job rate (~90,000 jobs/s on one worker
-are still one row a second). /ops/jobs sums the last minute's rows by the primary key's
-leading column; ``pgfirst.prune_jobs`` deletes rows past an hour.
+the default), so the table no longer says how many jobs finished. The statement that
+records a batch of successes (the claim, or a completion) also adds their number to the
+worker's row of the current second here: one row per worker per second of work, whatever
+the job rate (~90,000 jobs/s on one worker are still one row a second, updated in place).
+/ops/jobs sums the last minute's rows by the primary key's leading column;
+``pgfirst.prune_jobs`` deletes rows past an hour.
 
 UNLOGGED: a statistic, not a record — a server crash empties it (the next minute fills it
-again) and its inserts write no WAL. Counts reach the table after the successes commit, so
-a worker killed in between under-counts its last second; ``jobs_finished_total`` in
-/metrics is the exact per-process counter.
+again) and its writes add no WAL to the worker's commits.
 
 Revision ID: 0015
 Revises: 0014
