@@ -269,7 +269,8 @@ class Worker:
         return carried, carried + len(done)
 
     def _tallied(self, done: list[int], count: int) -> None:
-        """The statement recorded ``done`` and counted ``count`` (0: ``done`` wait)."""
+        """The statement recorded ``done`` and counted ``count``; with a count of 0, ``done``
+        is left for a later statement to count."""
         if count:
             self._counted_at = perf_counter()
         else:
