@@ -11,11 +11,13 @@ and COMMIT (docs/benchmarks.md: ~30 % more jobs/s). Without a direct URL, where 
 keep no settings, each claim is a pooled transaction with ``SET LOCAL`` instead.
 Completions and failures are pooled transactions with the same settings. A success is
 deleted, or kept as ``succeeded`` with JOBS_KEEP_SUCCEEDED, and counted in ``job_successes``
-by a later claim or completion. Why: ``sql.py`` and docs/jobs.md.
+by the next completion, or by a claim at most once a second (the bookkeeper keeps the tally
+in between). Why: ``sql.py`` and docs/jobs.md.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -26,6 +28,9 @@ from app.db import Connection, Database, Record
 from app.jobs import sql
 from app.jobs.queue import WAKE_CHANNEL
 
+# Successes are counted in job_successes by a claim at most this often (sql.py: _COUNT), and
+# by every completion.
+COUNT_EVERY_SECONDS = 1.0
 # A connection whose server backend is gone; a connection whose backend was terminated
 # can raise InternalClientError on its next statement instead of a connection error.
 CONNECTION_LOST = (
@@ -47,13 +52,24 @@ class Bookkeeper:
         keep = settings.jobs_keep_succeeded
         self._claim_sql = sql.CLAIM_KEEPING if keep else sql.CLAIM
         self._complete_sql = sql.COMPLETE_KEEPING if keep else sql.COMPLETE
+        self.uncounted = 0  # successes recorded but not yet added to job_successes
+        self._counted_at = 0.0
 
-    async def claim(
-        self, queues: list[str], limit: int, done: list[int], count: int = 0
-    ) -> list[Record]:
-        """Record the successes ``done``, add ``count`` recorded successes to job_successes
-        and lease up to ``limit`` jobs, in one statement."""
+    async def claim(self, queues: list[str], limit: int, done: list[int]) -> list[Record]:
+        """Record the successes ``done`` and lease up to ``limit`` jobs, in one statement
+        that also counts the recorded successes if the last count is a second old."""
+        due = time.monotonic() - self._counted_at >= COUNT_EVERY_SECONDS
+        carried, count = self._take_count(done, due=due)
         args = (queues, limit, self.settings.jobs_lease_seconds, self.worker_id, done, count)
+        try:
+            rows = await self._claim(args)
+        except BaseException:
+            self.uncounted += carried
+            raise
+        self._counted(done, count)
+        return rows
+
+    async def _claim(self, args: tuple[object, ...]) -> list[Record]:
         if self.db.direct_url is None:  # behind PgBouncer without DATABASE_DIRECT_URL
             async with self.db.acquire() as conn, self.transaction(conn):
                 return await conn.fetch(self._claim_sql, *args)
@@ -64,10 +80,34 @@ class Bookkeeper:
             await self.close()  # the next claim connects again
             raise
 
-    async def complete(self, ids: list[int], count: int = 0) -> None:
-        """Record the successes ``ids`` and add ``count`` to job_successes."""
-        async with self.db.acquire() as conn, self.transaction(conn):
-            await conn.execute(self._complete_sql, ids, self.worker_id, count)
+    async def complete(self, ids: list[int]) -> None:
+        """Record the successes ``ids`` and count them with every one not yet counted."""
+        carried, count = self._take_count(ids, due=True)
+        try:
+            async with self.db.acquire() as conn, self.transaction(conn):
+                await conn.execute(self._complete_sql, ids, self.worker_id, count)
+        except BaseException:
+            self.uncounted += carried
+            raise
+        self._counted(ids, count)
+
+    def _take_count(self, done: list[int], *, due: bool) -> tuple[int, int]:
+        """What a statement recording ``done`` counts: (the earlier successes it carries,
+        its whole count; 0 when not ``due``). The carried ones leave the tally before the
+        statement is sent, so that a claim and a completion in flight at once never count
+        the same success."""
+        if not due:
+            return 0, 0
+        carried, self.uncounted = self.uncounted, 0
+        return carried, carried + len(done)
+
+    def _counted(self, done: list[int], count: int) -> None:
+        """The statement recorded ``done`` and counted ``count``; with a count of 0, ``done``
+        is left for a later statement to count."""
+        if count:
+            self._counted_at = time.monotonic()
+        else:
+            self.uncounted += len(done)
 
     async def fail(self, job_id: int, delay: float, error: str, trace: str) -> str | None:
         """Record a failed attempt; the job's new state (available or dead), None if not ours."""

@@ -84,8 +84,6 @@ class Worker:
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not crypto
         self._wake = asyncio.Event()
         self.claim_seconds = 0.0  # a moving average of a claim's round trip
-        self.uncounted = 0  # successes recorded but not yet added to job_successes
-        self._counted_at = 0.0
         self.runner = JobRunner(
             self.registry,
             settings,
@@ -213,15 +211,11 @@ class Worker:
         runner = self.runner
         done, runner.succeeded = runner.succeeded, []
         started = perf_counter()
-        # The tally rides on a claim at most once a second (sql.py: _COUNT).
-        carried, count = self._take_tally(done, due=started - self._counted_at >= 1.0)
         try:
-            rows = await self.bookkeeper.claim(self.queues, limit, done, count)
+            rows = await self.bookkeeper.claim(self.queues, limit, done)
         except BaseException:
             runner.succeeded[:0] = done  # recorded by the next try (a repeat is a no-op)
-            self.uncounted += carried
             raise
-        self._tallied(done, count)
         self.claim_seconds += 0.2 * (perf_counter() - started - self.claim_seconds)
         # Handed over as rows: the slots make jobs of them while the next claim is out.
         runner.add(rows)
@@ -247,41 +241,21 @@ class Worker:
         """Record every success since the last flush, and count every one not yet counted,
         in one statement."""
         runner = self.runner
-        if not runner.succeeded and not self.uncounted:
+        if not runner.succeeded and not self.bookkeeper.uncounted:
             return
         done, runner.succeeded = runner.succeeded, []
-        carried, count = self._take_tally(done, due=True)
         try:
-            await self.bookkeeper.complete(done, count)
+            await self.bookkeeper.complete(done)
         except BaseException:
             runner.succeeded[:0] = done
-            self.uncounted += carried
             raise
-        self._tallied(done, count)
-
-    def _take_tally(self, done: list[int], *, due: bool) -> tuple[int, int]:
-        """What a statement recording ``done`` counts: (the earlier successes it carries,
-        its whole count). The carried ones leave the tally before the statement is sent,
-        so that a claim and a flush in flight at once never count the same success."""
-        if not due:
-            return 0, 0
-        carried, self.uncounted = self.uncounted, 0
-        return carried, carried + len(done)
-
-    def _tallied(self, done: list[int], count: int) -> None:
-        """The statement recorded ``done`` and counted ``count``; with a count of 0, ``done``
-        is left for a later statement to count."""
-        if count:
-            self._counted_at = perf_counter()
-        else:
-            self.uncounted += len(done)
 
     # --- upkeep of this worker's own jobs ------------------------------------------------
 
     async def _upkeep_loop(self) -> None:
         period = self.settings.jobs_lease_seconds / 3
         while True:
-            pending = self.runner.succeeded or self.uncounted
+            pending = self.runner.succeeded or self.bookkeeper.uncounted
             await asyncio.sleep(min(period, 1.0) if pending else period)
             try:
                 await self._flush()
