@@ -41,6 +41,7 @@ from app.cache.metrics import CacheCollector
 from app.config import Settings, load_settings
 from app.current import Current
 from app.db import Database
+from app.db.redis_pool import open_redis
 from app.jobs import JobKind, JobRegistry, Jobs, current_jobs, jobs_in
 from app.jobs.housekeeping import queue_jobs
 from app.notifier import Notifier, create_postgres_notifier, create_redis_notifier
@@ -127,8 +128,10 @@ async def open_services(
         redis: Redis | None = None
         redis_notifier: Notifier | None = None
         if settings.redis_url and _uses_redis(settings):
-            redis = Redis.from_url(
-                settings.redis_url, socket_timeout=5.0, socket_connect_timeout=5.0
+            redis = open_redis(
+                settings.redis_url,
+                max_connections=settings.redis_max_connections,
+                timeout=settings.redis_pool_timeout_seconds,
             )
             stack.push_async_callback(redis.aclose)
             redis_notifier = create_redis_notifier(settings.redis_url)

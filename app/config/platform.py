@@ -133,6 +133,18 @@ class BackendSettings(BaseModel):
     """Swappable backends: the flags that swap in Redis (docs/flags.md)."""
 
     redis_url: str | None = Field(None, description="Redis URL for the redis backends.")
+    redis_max_connections: int = Field(
+        100,
+        ge=1,
+        description="Connections of each process's Redis client; a command beyond them waits "
+        "for one (redis_pool_waits_total).",
+    )
+    redis_pool_timeout_seconds: float = Field(
+        5.0,
+        gt=0,
+        description="Longest wait for a Redis connection before the command fails as if Redis "
+        "were away.",
+    )
     cache_backend: Backend = Field("postgres", description="postgres | redis")
     pubsub_backend: Backend = Field("postgres", description="postgres | redis")
     rate_limit_backend: Backend = Field("postgres", description="postgres | redis")

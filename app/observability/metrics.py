@@ -29,6 +29,10 @@ DB_POOL_ACQUIRE_SECONDS = Histogram(
     "Time spent waiting for a pooled connection.",
     buckets=(0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0),
 )
+REDIS_POOL_WAITS = Counter(
+    "redis_pool_waits_total",
+    "Redis commands that waited for a connection: all REDIS_MAX_CONNECTIONS were in use.",
+)
 
 DB_READ_ROUTES = Counter(
     "db_read_routes_total",

@@ -162,7 +162,7 @@ def _cache_wait_signal(waits: float, backend_reads: float, window: float, s: Set
     value: float | None = None
     unknown = f"fewer than {s.signal_min_requests} backend cache reads in the window"
     if s.cache_backend == "redis":
-        unknown = "the Redis backend's reads queue in redis-py's pool, which is not counted"
+        unknown = "on Redis, commands that wait for a connection are redis_pool_waits_total"
     elif backend_reads >= s.signal_min_requests:
         value = round(min(waits / backend_reads, 1.0), 4)
     return signal(
