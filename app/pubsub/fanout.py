@@ -48,7 +48,10 @@ class Subscription:
     channels: frozenset[str]
     queue_size: int
     _replay: deque[Event] = field(default_factory=deque)
-    _replayed_up_to: int = 0
+    # The ids the replay delivered: a live event is skipped only if it is one of them. (Not
+    # "any id up to the newest replayed": an event with a smaller id can commit after the
+    # replay read the table, and then arrives live only.)
+    _replayed: set[int] = field(default_factory=set)
     _queue: asyncio.Queue[Event | None] = field(init=False)
     dropped_reason: str | None = None
     closed: bool = False
@@ -71,7 +74,7 @@ class Subscription:
             event = await self._queue.get()
             if event is None:
                 continue  # a wake-up from close() or drop
-            if event.id <= self._replayed_up_to:
+            if event.id in self._replayed:
                 continue  # already delivered by the replay
             return event
 
@@ -79,7 +82,7 @@ class Subscription:
         """Queue replayed events ahead of live ones (called before live delivery starts)."""
         for event in events:
             self._replay.append(event)
-            self._replayed_up_to = max(self._replayed_up_to, event.id)
+            self._replayed.add(event.id)
 
     def _offer(self, event: Event) -> bool:
         try:

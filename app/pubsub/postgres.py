@@ -12,9 +12,11 @@ drops (server restart, network cut, pg_terminate_backend) the notifier reconnect
 so; the broker then replays from the table what was published meanwhile, and the
 fan-out's id memory turns the overlap into no duplicates.
 
-Limits: identifiers are assigned at INSERT, not at COMMIT, so a replay by id can miss an
-event whose transaction committed long after later ids (a replay looks back
-``delivery.REPLAY_LOOKBACK_IDS`` ids to cover ordinary overlap). NOTIFY takes a cluster-wide lock
+Identifiers are assigned at INSERT, not at COMMIT, so events can commit out of id order. A
+replay after event N therefore also returns the earlier events whose transactions were still
+running when N was inserted (each row keeps its transaction and the oldest one running,
+migration 0016), up to ``delivery.REPLAY_LOOKBACK_IDS`` ids back: a resume may repeat an
+event, it does not miss one. Limits: NOTIFY takes a cluster-wide lock
 at commit, so very write-heavy publishers serialise there: that is the signal to set
 PUBSUB_BACKEND=redis.
 """
@@ -31,7 +33,7 @@ import orjson
 from app.db import Connection, Database
 from app.notifier import Notifier
 from app.pubsub import in_caller_transaction
-from app.pubsub.delivery import NotifiedBroker
+from app.pubsub.delivery import REPLAY_LOOKBACK_IDS, NotifiedBroker
 from app.pubsub.fanout import Event
 
 log = logging.getLogger(__name__)
@@ -78,10 +80,21 @@ ORDER BY numbered.id
 """
 PUBLISH_BATCH_MAX = 500
 SELECT_PAYLOAD = "SELECT payload FROM events WHERE id = $1"
+# The events after event $2 and, before it, those of other transactions that were still
+# running when $2 was inserted (xid at or past $2's horizon, migration 0016): ids are
+# assigned at INSERT, so such an event can have committed — and been delivered live — after
+# $2, and a client that saw $2 may have missed it. They come first (ordered by id) and may
+# repeat one the client saw (a transaction that ran beside $2's and committed first): at
+# least once, never lost. $2's own transaction committed with it, so its events are not
+# repeated. Looks back at most $4 ids; without $2's row (pruned, or older than 0016) only
+# what follows $2.
 SELECT_SINCE = """
+WITH last_seen AS (SELECT xid, horizon FROM events WHERE id = $2)
 SELECT id, channel, payload
 FROM events
-WHERE channel = ANY($1::text[]) AND id > $2
+WHERE channel = ANY($1::text[]) AND id > $2 - $4
+  AND (id > $2 OR (xid >= (SELECT horizon FROM last_seen)
+                   AND xid <> (SELECT xid FROM last_seen)))
 ORDER BY id
 LIMIT $3
 """
@@ -231,7 +244,9 @@ class PostgresBroker(NotifiedBroker):
         self, channels: list[str], since: int, limit: int | None
     ) -> list[Event]:
         async with self.db.acquire() as conn:
-            rows = await conn.fetch(SELECT_SINCE, channels, since, limit or 1_000_000)
+            rows = await conn.fetch(
+                SELECT_SINCE, channels, since, limit or 1_000_000, REPLAY_LOOKBACK_IDS
+            )
         return [Event(row["id"], row["channel"], row["payload"]) for row in rows]
 
 
