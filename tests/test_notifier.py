@@ -25,6 +25,7 @@ from redis.asyncio import Redis
 from app.config import Settings
 from app.main import create_app
 from app.notifier import Notifier, create_postgres_notifier, create_redis_notifier
+from app.notifier import postgres as postgres_notifier
 from app.services import open_services
 from tests import jobs_fixtures
 from tests.auth_helpers import new_user
@@ -236,6 +237,42 @@ async def test_a_killed_connection_is_announced_then_reopened_with_every_topic(
     await server.send(b, "on the other topic")
     assert await inbox.next() == (a, "after the reconnect")
     assert await inbox.next() == (b, "on the other topic")
+
+
+async def test_a_connection_closed_without_its_callback_is_noticed_and_reopened(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # asyncpg announces a lost connection through a callback attached after it opens; one
+    # that died before then never calls back. The supervisor also looks for itself.
+    monkeypatch.setattr(postgres_notifier, "WATCH_SECONDS", 0.1)
+    opened: list[asyncpg.Connection[Any]] = []
+
+    async def connect() -> asyncpg.Connection[Any]:
+        conn: asyncpg.Connection[Any] = await asyncpg.connect(database_url)
+        opened.append(conn)
+        return conn
+
+    notifier = create_postgres_notifier(connect)
+    await notifier.start()
+    try:
+        states = States("postgres")
+        notifier.on_state(states)
+        topic, inbox = f"test_{uuid.uuid4().hex[:8]}", Inbox()
+        await notifier.listen(topic, inbox)
+        first = opened[-1]
+        first.remove_termination_listener(notifier._on_terminated)  # type: ignore[attr-defined]
+        first.terminate()
+        assert (await states.next())[0] is False
+        assert (await states.next())[0] is True
+        assert notifier.connected
+        assert opened[-1] is not first
+        async with AsyncExitStack() as stack:
+            sender = await asyncpg.connect(database_url)
+            stack.push_async_callback(sender.close)
+            await sender.execute("SELECT pg_notify($1, 'after')", topic)
+        assert await inbox.next() == (topic, "after")
+    finally:
+        await notifier.stop()
 
 
 async def test_a_removed_state_handler_hears_nothing(server: Server) -> None:

@@ -116,6 +116,12 @@ class DatabaseSettings(BaseModel):
     db_command_timeout: float = Field(
         30.0, gt=0, description="Seconds before a query is cancelled."
     )
+    db_connect_timeout: float = Field(
+        10.0,
+        gt=0,
+        description="Seconds a new connection may take to open; past it the attempt fails "
+        "and is retried (asyncpg's default is 60).",
+    )
     db_pool_acquire_timeout: float = Field(
         5.0,
         gt=0,

@@ -191,6 +191,7 @@ class Database:
             raise RuntimeError("DB_POOL_MODE=pgbouncer without DATABASE_DIRECT_URL")
         conn: asyncpg.Connection[Record] = await asyncpg.connect(
             dsn,
+            timeout=self.settings.db_connect_timeout,
             command_timeout=self.settings.db_command_timeout,
             server_settings={"application_name": "pgfirst-direct"},
         )
@@ -226,6 +227,7 @@ async def create_pool(settings: Settings, dsn: str, *, min_size: int | None = No
         dsn,
         min_size=settings.db_pool_min if min_size is None else min_size,
         max_size=settings.db_pool_max,
+        timeout=settings.db_connect_timeout,
         command_timeout=settings.db_command_timeout,
         statement_cache_size=0 if pgbouncer else 1024,
         init=_init_connection,

@@ -34,6 +34,8 @@ from app.notifier import (
 )
 
 log = logging.getLogger(__name__)
+# How often the supervisor also checks the connection itself, beside asyncpg's callback.
+WATCH_SECONDS = 5.0
 
 
 class PostgresNotifier:
@@ -137,7 +139,17 @@ class PostgresNotifier:
 
     async def _supervise(self) -> None:
         while not self._stopping:
-            await self._lost.wait()
+            # Woken by the termination callback; the look every WATCH_SECONDS catches a
+            # connection that closed without one (it died before the callback was attached).
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(WATCH_SECONDS):
+                    await self._lost.wait()
+            if not self._lost.is_set():
+                if self.connected:
+                    continue
+                log.warning("notifier: LISTEN connection found closed")
+                self._conn = None
+                self._subscriptions.announce_state(False)
             delay = RECONNECT_FIRST_DELAY
             while not self._stopping:
                 try:
