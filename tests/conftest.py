@@ -213,6 +213,12 @@ async def db_conn(database_url: str) -> AsyncIterator[asyncpg.Connection]:
 # --- Redis -------------------------------------------------------------------------------
 
 
+@pytest.fixture
+def channel() -> str:
+    """A pub/sub channel no other test publishes on."""
+    return f"test:{uuid.uuid4().hex[:12]}"
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

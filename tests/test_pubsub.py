@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -42,11 +41,6 @@ async def running_app(
 @pytest.fixture
 def broker(running_app: FastAPI) -> Broker:
     return running_app.state.services.broker  # type: ignore[no-any-return]
-
-
-@pytest.fixture
-def channel() -> str:
-    return f"test:{uuid.uuid4().hex[:12]}"
 
 
 async def next_event(subscription: Subscription, within: float = 5.0) -> Event:

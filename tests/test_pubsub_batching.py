@@ -8,7 +8,6 @@ one INSERT, the NOTIFYs and one commit. Rows written by one transaction share th
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator, Callable
 
 import pytest
@@ -22,11 +21,6 @@ from app.services import Services, open_services
 async def services(make_settings: Callable[..., Settings]) -> AsyncIterator[Services]:
     async with open_services(make_settings(pubsub_backend="postgres")) as opened:
         yield opened
-
-
-@pytest.fixture
-def channel() -> str:
-    return f"test:{uuid.uuid4().hex[:12]}"
 
 
 async def received(subscription: Subscription, count: int) -> list[Event]:

@@ -7,7 +7,6 @@ there the order of ids is the order of delivery.
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator, Callable
 
 import pytest
@@ -21,11 +20,6 @@ from app.services import Services, open_services
 async def services(make_settings: Callable[..., Settings]) -> AsyncIterator[Services]:
     async with open_services(make_settings(pubsub_backend="postgres")) as opened:
         yield opened
-
-
-@pytest.fixture
-def channel() -> str:
-    return f"test:{uuid.uuid4().hex[:12]}"
 
 
 async def payloads(subscription: Subscription, count: int) -> list[object]:

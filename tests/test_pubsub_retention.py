@@ -8,7 +8,6 @@ left to do.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator, Callable
 
 import pytest
@@ -18,11 +17,6 @@ from app.config import Settings
 from app.pubsub.redis import KEY_PREFIX, RedisBroker
 from app.services import Services, open_services
 from tests.helpers import flushed_redis
-
-
-@pytest.fixture
-def channel() -> str:
-    return f"test:{uuid.uuid4().hex[:12]}"
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ event, had it leaked, would arrive before a marker published after the rollback.
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator, Callable
 
 import pytest
@@ -32,11 +31,6 @@ async def services(
         overrides["redis_url"] = await flushed_redis(request.getfixturevalue("redis_url"))
     async with open_services(make_settings(**overrides)) as opened:
         yield opened
-
-
-@pytest.fixture
-def channel() -> str:
-    return f"test:{uuid.uuid4().hex[:12]}"
 
 
 @pytest.fixture

@@ -20,8 +20,8 @@ SELECT queue, extract(epoch FROM now() - min(run_at)) AS age
 FROM jobs WHERE state = 'available' AND run_at <= now() GROUP BY queue
 """
 # Failures (dead, cancelled) are rows of jobs; successes are counted per worker and second
-# in job_successes by the statements that record them (the rows themselves are deleted
-# unless JOBS_KEEP_SUCCEEDED, and then not counted twice). Both read by their time index.
+# in job_successes, within about a second of being recorded (their rows are deleted unless
+# JOBS_KEEP_SUCCEEDED, and then not counted twice). Both read by their time index.
 THROUGHPUT = """
 SELECT (SELECT count(*) FROM jobs
         WHERE finished_at > now() - interval '1 minute' AND state <> 'succeeded')

@@ -25,11 +25,11 @@ RETURNING id, name, args, attempt, max_attempts, request_id, priority, run_at,
           extract(epoch FROM now() - run_at) AS waited
 """
 # Successes are counted per worker and second in job_successes (migration 0015), so
-# /ops/jobs can say how many finished although their rows are gone. The worker tallies
+# /ops/jobs can say how many finished although their rows are gone. The bookkeeper tallies
 # the successes it recorded and hands the tally ({count}) to a statement it sends anyway: a
 # claim at most once a second, and every completion (those run when the worker is idle).
 # Most claims carry 0 and the insert is skipped; counting every claim instead (an upsert
-# per claim) cost 5-7 % of a quick-jobs worker's throughput (docs/benchmarks.md).
+# per claim) cost 5-8 % of a quick-jobs worker's throughput (docs/benchmarks.md).
 _COUNT = """
 INSERT INTO job_successes (counted_at, worker, succeeded)
 SELECT date_trunc('second', now()), {worker}, {count}::int WHERE {count}::int > 0

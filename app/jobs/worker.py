@@ -16,8 +16,8 @@ and why it is shaped so in ``sql.py``.
 
 Beside the claim loop run two tasks the worker owns: its upkeep (every lease/3 seconds it
 extends the leases of its own running jobs — a job cancelled meanwhile is not extended and
-its slot is interrupted — and, every second while there are any, records pending successes
-and counts them in ``job_successes``), and its ``Maintenance``, which
+its slot is interrupted — and, every second while there are any, records pending
+successes), and its ``Maintenance``, which
 competes for the leader lease and, while leading, rescues expired leases, samples queue
 depth and schedules periodic jobs (``maintenance.py``). Both log every failure and go on.
 
@@ -255,8 +255,7 @@ class Worker:
     async def _upkeep_loop(self) -> None:
         period = self.settings.jobs_lease_seconds / 3
         while True:
-            pending = self.runner.succeeded or self.bookkeeper.uncounted
-            await asyncio.sleep(min(period, 1.0) if pending else period)
+            await asyncio.sleep(min(period, 1.0) if self.runner.succeeded else period)
             try:
                 await self._flush()
                 await self._heartbeat()

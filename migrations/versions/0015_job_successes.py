@@ -1,10 +1,11 @@
 """job_successes: how many jobs each worker finished successfully, and when.
 
 A success is deleted from ``jobs`` when the worker records it (JOBS_KEEP_SUCCEEDED off,
-the default), so the table no longer says how many jobs finished. The statement that
-records a batch of successes (the claim, or a completion) also adds their number to the
-worker's row of the current second here: one row per worker per second of work, whatever
-the job rate (~90,000 jobs/s on one worker are still one row a second, updated in place).
+the default), so the table no longer says how many jobs finished. Each worker tallies the
+successes it recorded and adds the tally to its row of the current second here, on a
+statement it sends anyway (a claim at most once a second, every completion;
+app/jobs/sql.py): one row per worker per second of work, whatever the job rate (~90,000
+jobs/s on one worker are still one row a second).
 /ops/jobs sums the last minute's rows by the primary key's leading column;
 ``pgfirst.prune_jobs`` deletes rows past an hour.
 
